@@ -1,0 +1,61 @@
+"""Algorithms: one module per family, each with its update rule and its theorem.
+
+Adding an algorithm is one module exposing `build(ctx, **hyper)` and `theorem(constants, ...)`
+plus one entry here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from . import sgd
+from .base import Algorithm, ConfigurationError, Context, Theorem
+
+
+class AlgorithmSpec(NamedTuple):
+    build: Callable[..., Algorithm]
+    theorem: Callable[..., Theorem]
+    # which compressor kinds the algorithm's analysis admits
+    compressor_kinds: tuple[str, ...] = ("unbiased", "contractive")
+    # the compressor the algorithm group's YAML selects by default (documentation only)
+    default_compressor: str = "identity"
+    full_gradients_only: bool = False
+
+
+REGISTRY: dict[str, AlgorithmSpec] = {
+    "sgd": AlgorithmSpec(sgd.build, sgd.theorem),
+    "qsgd": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "qsgd"),
+    "terngrad": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "terngrad"),
+    "dqgd": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "quant_p",
+                          full_gradients_only=True),
+}
+
+
+def get_spec(name: str) -> AlgorithmSpec:
+    if name not in REGISTRY:
+        raise ConfigurationError(
+            f"algorithm={name!r} is not known; allowed: {', '.join(sorted(REGISTRY))}"
+        )
+    return REGISTRY[name]
+
+
+def build_algorithm(name: str, ctx: Context, **hyper) -> Algorithm:
+    spec = get_spec(name)
+    compressor = ctx.channel.compressor
+    if compressor.kind not in spec.compressor_kinds:
+        raise ConfigurationError(
+            f"algorithm={name} needs an {' or '.join(spec.compressor_kinds)} compressor; "
+            f"compressor={compressor.name} is {compressor.kind}. Use an unbiased compressor "
+            f"(identity, qsgd, terngrad, quant_p, randk with scaled=true, natural) or an "
+            f"algorithm that accepts biased ones (sgd, ef_sgd)"
+        )
+    if spec.full_gradients_only and ctx.batch_size is not None:
+        raise ConfigurationError(
+            f"algorithm={name} is defined with full local gradients; batch_size="
+            f"{ctx.batch_size} is not allowed: set batch_size=full"
+        )
+    return spec.build(ctx, **hyper)
+
+
+__all__ = ["Algorithm", "AlgorithmSpec", "ConfigurationError", "Context", "Theorem",
+           "REGISTRY", "build_algorithm", "get_spec"]

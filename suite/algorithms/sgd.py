@@ -1,0 +1,58 @@
+"""Minibatch parallel SGD, optionally with compressed messages and no error feedback.
+
+    x_{t+1} = x_t − γ_t · (1/K) Σ_k C(g_t^k),    g_t^k = (1/b) Σ_{j∈B_t^k} ∇f_j(x_t)
+
+With the identity compressor this is minibatch parallel SGD (THEORY.md §2); with an unbiased
+compressor it is QSGD (Alistarh et al. 2017), TernGrad (Wen et al. 2017) or, with full local
+gradients, DQGD (Khirirat, Feyzmahdavian & Johansson 2018) (THEORY.md §6); with a biased one
+(top-k, sign) it is the no-error-feedback baseline that EF-SGD is measured against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .base import Algorithm, ConfigurationError, Context, Theorem
+
+
+class SGDState(NamedTuple):
+    x: torch.Tensor
+
+
+def build(ctx: Context) -> Algorithm:
+    def init(x0):
+        return SGDState(x0.clone())
+
+    def step(state, t, lr):
+        g = ctx.grads(state.x)
+        _, g_mean = ctx.channel.send_up(g)
+        return SGDState(state.x - lr * ctx.channel.broadcast(g_mean))
+
+    return Algorithm("sgd", init, step, lambda s: s.x)
+
+
+def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | None = 0.0,
+            lr: float | None = None, **_) -> Theorem:
+    """THEORY.md §2 (ω = 0) and §6 (unbiased ω): for γ ≤ 1/(L(1 + 2ω/K)),
+
+        E‖x_t − x*‖² ≤ (1 − γμ)^t r0 + (γ/(μK))·(2ωζ*² + (1 + ω)σ²/b).
+
+    L is the global constant when ω = 0 and the largest worker constant L_max otherwise (the
+    compression noise depends on each worker's own gradient). With full gradients σ² = 0.
+    """
+    if omega is None:
+        raise ConfigurationError(
+            "lr=theory: compressed SGD with a biased compressor has no convergence theorem "
+            "(it can diverge); set lr to a number, or use algorithm=ef_sgd"
+        )
+    L = c["L"] if omega == 0 else c["L_max"]
+    lr_max = 1.0 / (L * (1.0 + 2.0 * omega / workers))
+    gamma = lr_max if lr is None else lr
+    sigma_sq = 0.0 if batch_size is None else c["sigma_sq"] / batch_size
+    floor = gamma / (c["mu"] * workers) * (2 * omega * c["zeta_sq"] + (1 + omega) * sigma_sq)
+    rate = 1.0 - gamma * c["mu"] if gamma <= lr_max else None
+    return Theorem(lr_max, rate, floor if math.isfinite(floor) else None, "dist_sq",
+                   "THEORY.md §2, §6")

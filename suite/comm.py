@@ -1,0 +1,69 @@
+"""The channel between workers and server: compression, collectives and exact bit accounting.
+
+Up-link: every worker compresses its message; the server receives the decoded messages and
+averages them. Down-link: the server broadcasts a dense float32 vector (no algorithm here
+compresses its broadcast; an algorithm that did would declare it). Bits are counted from the
+compressor's encoded size, per worker, cumulatively; the simulation continues from the decoded
+values, so what is simulated is what would be sent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from suite.timing import Stopwatch
+
+DOWNLINK_BITS_PER_COORDINATE = 32
+
+
+class Channel:
+    def __init__(self, backend, compressor, streams, stopwatch: Stopwatch):
+        self.backend, self.compressor, self.streams = backend, compressor, streams
+        self.stopwatch = stopwatch
+        w = len(backend.worker_ids)
+        device = backend.device
+        self.bits_up = torch.zeros(w, dtype=torch.int64, device=device)
+        self.entropy_bits_up = torch.zeros(w, dtype=torch.int64, device=device)
+        self.bits_down = torch.zeros(w, dtype=torch.int64, device=device)
+        self.rounds = 0
+
+    def send_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each worker sends C(x_k). Returns (own decoded messages [w, d], their mean over all
+        K workers [d])."""
+        c = self.compressor
+        with self.stopwatch.time("compress"):
+            if c.needs_shared_scale:
+                # TernGrad shares one scale across workers (max of the local max-norms): a
+                # collective, so it goes through the backend like every other exchange.
+                with self.stopwatch.time("comm"):
+                    scale = self.backend.max(c.local_scale(x))
+                payload = c.compress(x, self.streams, scale)
+            else:
+                payload = c.compress(x, self.streams)
+            own = c.decompress(payload)
+        with self.stopwatch.time("comm"):
+            mean = self.backend.mean_of_messages(c, payload, own)
+        self.bits_up += c.bits(payload).to(self.bits_up.device)
+        if c.entropy_bits is not None:
+            self.entropy_bits_up += c.entropy_bits(payload).to(self.bits_up.device)
+        else:
+            self.entropy_bits_up += c.bits(payload).to(self.bits_up.device)
+        self.rounds += 1
+        return own, mean
+
+    def broadcast(self, v: torch.Tensor) -> torch.Tensor:
+        """The server sends the dense vector v [d] to every worker as float32."""
+        self.bits_down += DOWNLINK_BITS_PER_COORDINATE * v.numel()
+        return v.to(torch.float32).to(v.dtype)
+
+    def totals(self) -> dict[str, float]:
+        """Cumulative bits per worker, averaged over all K workers (a collective)."""
+        K = self.backend.num_workers
+        stacked = torch.stack([self.bits_up, self.entropy_bits_up, self.bits_down], 1)
+        up, entropy_up, down = (self.backend.sum(stacked.double()) / K).tolist()
+        return {
+            "comm/bits_up": up,
+            "comm/bits_up_entropy": entropy_up,
+            "comm/bits_down": down,
+            "comm/rounds": float(self.rounds),
+        }

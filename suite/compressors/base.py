@@ -1,0 +1,80 @@
+"""The compressor interface.
+
+A compressor is a small frozen record of pure functions, in the spirit of optax's gradient
+transformations: a factory closes over the hyper-parameters and returns a `Compressor`. It
+holds no state; randomness arrives as explicit per-worker generators (`suite.rng.WorkerStreams`).
+
+Every function works on a batch [w, d], one message per worker row:
+
+    payload = c.compress(x, streams)          # x: [w, d]; payload: a NamedTuple of [w, ...] tensors
+    y       = c.decompress(payload)           # [w, d], in x's dtype: what the receiver reconstructs
+    msgs    = c.encode(payload)               # list of w `bytes`, the bit-packed wire format
+    payload = c.decode(msgs, d, dtype, device)
+    bits    = c.bits(payload)                 # [w] int64: exact encoded size in bits
+
+`len(msgs[k]) == ceil(bits[k] / 8)`: the wire format has no header beyond what `bits` counts
+(the receiver knows d and the compressor's hyper-parameters from the run's config).
+
+Classes (THEORY.md §1):
+- unbiased, U(ω):      E C(x) = x,  E‖C(x) − x‖² ≤ ω(d)·‖x‖²
+- contractive, C(δ):   E‖C(x) − x‖² ≤ (1 − δ(d))·‖x‖²
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Optional
+
+import torch
+
+Kind = Literal["unbiased", "contractive"]
+
+
+class CompressorError(ValueError):
+    """Bad hyper-parameter or bad input for a compressor; the message names what and why."""
+
+
+@dataclass(frozen=True)
+class Compressor:
+    name: str
+    kind: Kind
+    # ω(d) for the unbiased class, δ(d) for the contractive class; the other is None.
+    omega: Optional[Callable[[int], float]]
+    delta: Optional[Callable[[int], float]]
+    compress: Callable[..., Any]
+    decompress: Callable[[Any], torch.Tensor]
+    encode: Callable[[Any], list]
+    decode: Callable[..., Any]
+    bits: Callable[[Any], torch.Tensor]
+    # A second, entropy-coded size where the compressor has one (QSGD's Elias coding).
+    entropy_bits: Optional[Callable[[Any], torch.Tensor]] = None
+    # TernGrad shares its scale (the max-norm) across workers: the backend computes
+    # max over all workers of `local_scale(x)` and passes it to compress(..., scale=).
+    local_scale: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    # Set where the declared constant depends on the data rather than on d alone.
+    data_dependent: Optional[str] = None
+    is_identity: bool = False
+    hyperparams: tuple = ()
+
+    @property
+    def unbiased(self) -> bool:
+        return self.kind == "unbiased"
+
+    @property
+    def needs_shared_scale(self) -> bool:
+        return self.local_scale is not None
+
+    def roundtrip(self, x: torch.Tensor, streams, scale: torch.Tensor | None = None):
+        """compress → decompress, returning (decoded [w, d], bits [w])."""
+        payload = self.compress(x, streams, scale) if self.needs_shared_scale else self.compress(
+            x, streams
+        )
+        return self.decompress(payload), self.bits(payload)
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Refuse NaN/inf input: a compressed NaN would silently poison every worker's model."""
+    if x.dim() != 2:
+        raise CompressorError(f"{name}: expected a [workers, d] batch, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise CompressorError(f"{name}: input holds NaN or inf; refusing to compress it")

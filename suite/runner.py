@@ -1,0 +1,291 @@
+"""The one training loop: build the run from its config, step, evaluate, log. Read top to bottom.
+
+    setup   task, compressor, backend, channel, algorithm, step size, tracker
+    loop    for t in 0..T−1: state ← algorithm.step(state, t, γ_t); every eval_every steps,
+            evaluate off the clock, log in batches, stop if the loss diverged
+    finish  artifacts (curves table, plots, config) and a terminal run status, whatever happened
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import suite
+from suite import artifacts
+from suite.algorithms import Context, build_algorithm, get_spec
+from suite.backends import SimulatedBackend
+from suite.comm import Channel
+from suite.compressors import REGISTRY as COMPRESSORS
+from suite.compressors import build_compressor
+from suite.config import ConfigError, bind, check_root, flatten, group_kwargs, resolved_dict
+from suite.hardware import select_device
+from suite.rng import WorkerStreams
+from suite.timing import Stopwatch
+from suite.tracking import MlflowTracker, NullTracker, default_uri
+from tasks import TASKS
+
+# Keys that change where and how a run is recorded, never what it computes.
+UNHASHED_KEYS = ("tracking", "progress", "hydra")
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN/inf or exceeded divergence_threshold × its initial value."""
+
+
+@dataclass
+class RunResult:
+    status: str
+    final: dict[str, float]
+    run_id: str | None
+    tracking_uri: str | None
+    experiment: str | None
+    history: list = field(default_factory=list)
+    reason: str | None = None
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Stable hash of the resolved config minus tracking keys: equal hashes, equal runs."""
+    d = {k: v for k, v in resolved_dict(cfg).items() if k not in UNHASHED_KEYS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def lr_schedule(cfg: DictConfig, lr0: float):
+    if cfg.lr_schedule == "constant":
+        return lambda t: lr0
+    offset = float(cfg.lr_offset)
+    return lambda t: lr0 * offset / (offset + t)
+
+
+class Run:
+    """Everything a run is made of, built and checked before the first step."""
+
+    def __init__(self, cfg: DictConfig, *, backend=None):
+        check_root(cfg)
+        self.cfg = cfg
+        hw = OmegaConf.to_container(cfg.hardware, resolve=True)
+        self.device = select_device(hw)
+        K = cfg.workers
+        self.backend = backend or SimulatedBackend(K, self.device)
+
+        task_name, task_kwargs = group_kwargs(cfg, "task")
+        if task_name not in TASKS:
+            raise ConfigError(f"task={task_name!r} is not known; allowed: {', '.join(TASKS)}")
+        factory = TASKS[task_name]
+        bind(factory, "task", task_name, task_kwargs, fixed=("workers", "worker_ids", "device"))
+        self.task = factory(workers=K, worker_ids=self.backend.worker_ids, device=self.device,
+                            **task_kwargs)
+
+        self.batch_size = None if cfg.batch_size == "full" else int(cfg.batch_size)
+        smallest = int(min(self.task.shard_sizes))
+        if self.batch_size is not None and self.batch_size > smallest:
+            raise ConfigError(
+                f"batch_size={self.batch_size} is larger than the smallest worker shard "
+                f"({smallest} samples with task.split={cfg.task.split}, workers={K}); "
+                f"allowed: 1..{smallest} or `full`"
+            )
+
+        comp_name, comp_kwargs = group_kwargs(cfg, "compressor")
+        if comp_name not in COMPRESSORS:
+            raise ConfigError(
+                f"compressor={comp_name!r} is not known; allowed: {', '.join(COMPRESSORS)}"
+            )
+        bind(COMPRESSORS[comp_name], "compressor", comp_name, comp_kwargs)
+        self.compressor = build_compressor(comp_name, **comp_kwargs)
+        if getattr(self.compressor, "check_dim", None) is not None:
+            self.compressor.check_dim(self.task.dim)
+
+        self.stopwatch = Stopwatch(self.device)
+        ids = self.backend.worker_ids
+        self.sample_streams = WorkerStreams(cfg.seed, "sampling", ids, self.device)
+        self.compress_streams = WorkerStreams(cfg.seed, "compression", ids, self.device)
+        self.channel = Channel(self.backend, self.compressor, self.compress_streams,
+                               self.stopwatch)
+        ctx = Context(self.task, self.channel, self.sample_streams, self.batch_size,
+                      self.stopwatch)
+
+        self.algo_name, algo_kwargs = group_kwargs(cfg, "algorithm")
+        spec = get_spec(self.algo_name)
+        bind(spec.build, "algorithm", self.algo_name, algo_kwargs)
+        self.algorithm = build_algorithm(self.algo_name, ctx, **algo_kwargs)
+        self.algo_kwargs = algo_kwargs
+
+        d = self.task.dim
+        omega = self.compressor.omega(d) if self.compressor.unbiased else None
+        delta = self.compressor.delta(d) if self.compressor.delta is not None else None
+        theorem_args = dict(workers=K, batch_size=self.batch_size, omega=omega, delta=delta,
+                            **algo_kwargs)
+        self.theorem = spec.theorem(self.task.constants, **theorem_args)
+        self.lr0 = self.theorem.lr_max if cfg.lr == "theory" else float(cfg.lr)
+        if cfg.lr != "theory":
+            self.theorem = spec.theorem(self.task.constants, lr=self.lr0, **theorem_args)
+        self.schedule = lr_schedule(cfg, self.lr0)
+
+    def evaluate(self, state) -> dict[str, float]:
+        metrics = self.task.evaluate(self.algorithm.params(state))
+        metrics.update(self.channel.totals())
+        return metrics
+
+
+def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, sweep_id: str | None):
+    tracking = OmegaConf.to_container(cfg.tracking, resolve=True)
+    if tracking["name"] == "none" or run.backend.rank != 0:
+        return NullTracker()
+    if tracking["name"] != "mlflow":
+        raise ConfigError(f"tracking={tracking['name']!r}: allowed values are mlflow, none")
+    comp = cfg.compressor.name
+    tags = {
+        "commsgd.version": suite.__version__,
+        "git.sha": git_sha(),
+        "hardware": cfg.hardware.name,
+        "torch.version": torch.__version__,
+        "config_hash": config_hash(cfg),
+        "algorithm": run.algo_name,
+        "compressor": comp,
+        "task": cfg.task.name,
+    }
+    if sweep_id:
+        tags["sweep.id"] = sweep_id
+    params = flatten({k: v for k, v in resolved_dict(cfg).items() if k != "hydra"})
+    params["lr.resolved"] = run.lr0
+    return MlflowTracker(
+        uri=tracking["uri"] or default_uri(launch_dir),
+        experiment=tracking["experiment"] or cfg.task.name,
+        run_name=tracking["run_name"] or f"{run.algo_name}-{comp}-K{cfg.workers}-s{cfg.seed}",
+        params=params, tags=tags, flush_every=int(tracking.get("flush_every", 5000)),
+    )
+
+
+def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path | None = None,
+            sweep_id: str | None = None, backend=None) -> RunResult:
+    """Build, run and record one job. Raises on a bad config before any run is recorded."""
+    launch_dir = Path(launch_dir or Path.cwd())
+    run = Run(cfg, backend=backend)
+    tracker = _make_tracker(cfg, run, launch_dir, sweep_id)
+    out_dir = Path(output_dir or tempfile.mkdtemp(prefix="commsgd-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    status, reason, state = "FAILED", None, None
+    try:
+        tracker.log_constants(run.task.constants)
+        state, final = _loop(cfg, run, tracker)
+        status = "FINISHED"
+        return RunResult(status, final, tracker.run_id, tracker.uri, tracker.experiment_name,
+                         tracker.history)
+    except Diverged as exc:
+        reason = str(exc)
+        tracker.set_tags({"diverged": "true"})
+        return RunResult("FAILED", {}, tracker.run_id, tracker.uri, tracker.experiment_name,
+                         tracker.history, reason)
+    except KeyboardInterrupt:
+        status, reason = "KILLED", "interrupted (KeyboardInterrupt)"
+        raise
+    except BaseException as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        _finish(cfg, run, tracker, out_dir, status, reason)
+
+
+def _loop(cfg: DictConfig, run: Run, tracker):
+    algo, steps, every = run.algorithm, cfg.steps, cfg.eval_every
+    state = algo.init(run.task.x0())
+    metrics = run.evaluate(state)
+    initial_loss = metrics["train/loss"]
+    tracker.log_metrics(metrics | _times(run, 0.0), step=0)
+    bar = _progress(cfg, run)
+    wall = 0.0
+    lr_log: dict[int, float] = {}
+    for t in range(steps):
+        lr = run.schedule(t)
+        started = time.perf_counter()
+        state = algo.step(state, t, lr)
+        run.stopwatch.sync()
+        wall += time.perf_counter() - started
+        lr_log[t] = lr
+        if (t + 1) % every == 0 or t + 1 == steps:
+            # evaluation and logging happen off the clock
+            for s, v in lr_log.items():
+                tracker.log_metrics({"train/lr": v}, step=s)
+            lr_log.clear()
+            metrics = run.evaluate(state)
+            tracker.log_metrics(metrics | _times(run, wall), step=t + 1)
+            _check_divergence(metrics, initial_loss, cfg.divergence_threshold, t + 1)
+            if bar is not None:
+                bar.update(t + 1 - bar.n)
+                bar.set_postfix(_postfix(metrics), refresh=False)
+    if bar is not None:
+        bar.close()
+    return state, metrics | _times(run, wall)
+
+
+def _times(run: Run, wall: float) -> dict[str, float]:
+    totals = run.stopwatch.totals
+    return {
+        "time/compute_s": run.backend.max_over_ranks(totals["compute"]),
+        "time/compress_s": run.backend.max_over_ranks(totals["compress"]),
+        "time/comm_s": run.backend.max_over_ranks(totals["comm"]),
+        "time/wall_s": run.backend.max_over_ranks(wall),
+    }
+
+
+def _check_divergence(metrics, initial_loss, threshold, step):
+    loss = metrics["train/loss"]
+    if not math.isfinite(loss):
+        raise Diverged(f"diverged at step {step}: train/loss is {loss}")
+    if loss > threshold * max(initial_loss, 1e-12):
+        raise Diverged(
+            f"diverged at step {step}: train/loss {loss:.4g} exceeds divergence_threshold "
+            f"({threshold:g}) × initial loss {initial_loss:.4g}; try a smaller lr"
+        )
+
+
+def _progress(cfg, run):
+    if not cfg.progress or run.backend.rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, desc=f"{run.algo_name}/{cfg.compressor.name}", unit="it",
+                dynamic_ncols=True, leave=False)
+
+
+def _postfix(m: dict) -> dict:
+    out = {"loss": f"{m['train/loss']:.4g}"}
+    if "train/suboptimality" in m:
+        out["subopt"] = f"{m['train/suboptimality']:.3g}"
+    out["Mbit_up"] = f"{m['comm/bits_up'] / 1e6:.3g}"
+    return out
+
+
+def _finish(cfg, run: Run, tracker, out_dir: Path, status: str, reason: str | None):
+    """Artifacts and the terminal status, whatever happened in the loop: no data is lost."""
+    try:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        tracker.log_artifact(out_dir / "config.yaml")
+        frame = artifacts.history_frame(tracker.history)
+        if not frame.empty:
+            tracker.log_artifact(artifacts.write_curves(frame, out_dir))
+            title = f"{run.algo_name} / {cfg.compressor.name}, K={cfg.workers}, seed={cfg.seed}"
+            plot = artifacts.plot_convergence(frame, out_dir, title)
+            if plot is not None:
+                tracker.log_artifact(plot)
+    finally:
+        tracker.finish(status, reason)

@@ -1,0 +1,78 @@
+"""Binary-classification data for logistic regression: features A and labels b ∈ {−1, +1}.
+
+- `synthetic`:      seeded Gaussian classes; `heterogeneity` scales the distance between the two
+                    class means, so with `split=by_label` it sets how different the workers'
+                    local objectives are (ζ*² grows with it).
+- `breast_cancer`:  scikit-learn's bundled copy (569 × 30), standardised on the training part.
+- LIBSVM names:     w8a, a9a, mushrooms, ... via `tasks.libsvm` (download, checksum, cache).
+
+Each loader returns train and held-out test parts. Where a data set ships no test file, a seeded
+20% of the samples is held out.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+TEST_FRACTION = 0.2
+
+
+class Dataset(NamedTuple):
+    A_train: np.ndarray  # [n, d] float64
+    b_train: np.ndarray  # [n] float64 in {-1, +1}
+    A_test: np.ndarray
+    b_test: np.ndarray
+    name: str
+
+
+def load_dataset(name: str, *, seed: int, n_samples: int = 2000, dim: int = 50,
+                 heterogeneity: float = 1.0) -> Dataset:
+    if name == "synthetic":
+        return _synthetic(seed=seed, n=n_samples, d=dim, heterogeneity=heterogeneity)
+    if name == "breast_cancer":
+        from sklearn.datasets import load_breast_cancer
+
+        data = load_breast_cancer()
+        return _holdout(data.data.astype(np.float64), 2.0 * data.target - 1.0, seed, name,
+                        standardise=True)
+    from tasks import libsvm
+
+    if name not in libsvm.available_datasets():
+        allowed = ["synthetic", "breast_cancer", *libsvm.available_datasets()]
+        raise ValueError(f"task.dataset={name!r} is not known; allowed: {', '.join(allowed)}")
+    data = libsvm.load_libsvm(name)
+    A = data.X_train.toarray()
+    if data.X_test is None:
+        return _holdout(A, data.y_train, seed, name, standardise=False)
+    return Dataset(A, data.y_train, data.X_test.toarray(), data.y_test, name)
+
+
+def _synthetic(*, seed: int, n: int, d: int, heterogeneity: float) -> Dataset:
+    if n < 2 or d < 1:
+        raise ValueError(f"task.n_samples={n}, task.dim={d}: need n_samples >= 2 and dim >= 1")
+    rng = np.random.default_rng(seed)
+    total = int(np.ceil(n / (1 - TEST_FRACTION)))
+    b = np.where(rng.random(total) < 0.5, -1.0, 1.0)
+    direction = rng.standard_normal(d) / np.sqrt(d)
+    # Class means at ±heterogeneity·direction, plus label noise so the problem is not separable
+    # (a separable problem with a small l2 has a badly conditioned optimum).
+    A = rng.standard_normal((total, d)) + heterogeneity * b[:, None] * direction[None, :]
+    flip = rng.random(total) < 0.1
+    b = np.where(flip, -b, b)
+    A_train, A_test = A[:n], A[n:]
+    return Dataset(A_train, b[:n], A_test, b[n:], "synthetic")
+
+
+def _holdout(A, b, seed, name, *, standardise: bool) -> Dataset:
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(b))
+    n_test = int(round(TEST_FRACTION * len(b)))
+    test, train = perm[:n_test], np.sort(perm[n_test:])
+    A_train, A_test = A[train], A[test]
+    if standardise:
+        mean, std = A_train.mean(0), A_train.std(0)
+        std[std == 0] = 1.0
+        A_train, A_test = (A_train - mean) / std, (A_test - mean) / std
+    return Dataset(A_train, b[train], A_test, b[test], name)
