@@ -40,14 +40,14 @@ class WorkerStreams:
     def uniform(self, *shape: int, dtype=torch.float32) -> torch.Tensor:
         """U[0, 1) draws of shape [w, *shape], row k from worker k's own stream."""
         out = torch.empty((len(self), *shape), dtype=dtype, device=self.device)
-        for row, g in zip(out, self.generators):
+        for row, g in zip(out, self.generators, strict=True):
             row.uniform_(0.0, 1.0, generator=g)
         return out
 
     def normal(self, *shape: int, dtype=torch.float32) -> torch.Tensor:
         """Standard normal draws of shape [w, *shape], one stream per worker."""
         out = torch.empty((len(self), *shape), dtype=dtype, device=self.device)
-        for row, g in zip(out, self.generators):
+        for row, g in zip(out, self.generators, strict=True):
             row.normal_(0.0, 1.0, generator=g)
         return out
 
@@ -60,5 +60,5 @@ class WorkerStreams:
                 f"checkpoint holds {len(states)} generator states, this process holds "
                 f"{len(self.generators)} workers"
             )
-        for g, s in zip(self.generators, states):
+        for g, s in zip(self.generators, states, strict=True):
             g.set_state(s)

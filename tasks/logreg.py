@@ -96,8 +96,8 @@ class LogisticRegression:
             rows = torch.arange(len(self.worker_ids), device=self.device)[:, None]
             A, b = self.A_shards[rows, batch], self.b_shards[rows, batch]
             # each of the b samples stands for n_k/b of the shard: weight K·n_k/(n·b)
-            weight = (self.num_workers * self.n_held / (self.n * batch.shape[1]))[:, None]
-            weight = weight.to(self.dtype).expand_as(b)
+            scale = self.num_workers * self.n_held.to(self.dtype) / (self.n * batch.shape[1])
+            weight = scale[:, None].expand_as(b)
         z = torch.einsum("wmd,wd->wm", A, x.expand(len(self.worker_ids), -1))
         coef = -b * torch.sigmoid(-b * z) * weight
         return torch.einsum("wm,wmd->wd", coef, A) + self.l2 * x

@@ -23,7 +23,9 @@ def split_indices(
     if workers < 1:
         raise ValueError(f"workers={workers}: must be >= 1")
     if workers > n:
-        raise ValueError(f"workers={workers} exceeds the {n} training samples; every worker needs one")
+        raise ValueError(
+            f"workers={workers} exceeds the {n} training samples; every worker needs one"
+        )
     rng = np.random.default_rng(seed)
     if kind == "iid":
         return [np.sort(s) for s in np.array_split(rng.permutation(n), workers)]

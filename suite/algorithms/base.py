@@ -19,8 +19,9 @@ these functions; nothing is written twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,12 +34,12 @@ class Theorem(NamedTuple):
     """What a theorem predicts for one configuration (THEORY.md, section given in `source`)."""
 
     lr_max: float  # the largest step size the theorem admits
-    rate: Optional[float] = None  # contraction factor per step of the bounded quantity
-    floor: Optional[float] = None  # neighbourhood floor of the bounded quantity
+    rate: float | None = None  # contraction factor per step of the bounded quantity
+    floor: float | None = None  # neighbourhood floor of the bounded quantity
     quantity: str = "dist_sq"  # what is bounded: dist_sq = E‖x − x*‖², or subopt = E f − f*
     source: str = ""
 
-    def floor_suboptimality(self, L: float) -> Optional[float]:
+    def floor_suboptimality(self, L: float) -> float | None:
         """A floor on f − f*: f − f* ≤ (L/2)‖x − x*‖² for an L-smooth f."""
         if self.floor is None:
             return None
@@ -52,7 +53,7 @@ class Context:
     task: Any
     channel: Any
     sample_streams: Any
-    batch_size: Optional[int]  # None: full local gradients
+    batch_size: int | None  # None: full local gradients
     stopwatch: Any
 
     @property

@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Algorithm, ConfigurationError, Context, Theorem
+from .base import Algorithm, Context, Theorem
+from .common import check_lr, no_theorem, sigma_sq
 
 
 class SGDState(NamedTuple):
@@ -27,6 +28,7 @@ def build(ctx: Context) -> Algorithm:
         return SGDState(x0.clone())
 
     def step(state, t, lr):
+        check_lr(lr, "sgd", "a biased compressor without error feedback can diverge")
         g = ctx.grads(state.x)
         _, g_mean = ctx.channel.send_up(g)
         return SGDState(state.x - lr * ctx.channel.broadcast(g_mean))
@@ -42,17 +44,18 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
 
     L is the global constant when ω = 0 and the largest worker constant L_max otherwise (the
     compression noise depends on each worker's own gradient). With full gradients σ² = 0.
+
+    A biased compressor (ω = None) has no theorem: compressed SGD without error feedback can
+    diverge. Then lr_max is NaN, a numeric lr runs, and lr=theory is refused at the first step.
     """
     if omega is None:
-        raise ConfigurationError(
-            "lr=theory: compressed SGD with a biased compressor has no convergence theorem "
-            "(it can diverge); set lr to a number, or use algorithm=ef_sgd"
-        )
+        return no_theorem("compressed SGD with a biased compressor can diverge; "
+                          "use algorithm=ef_sgd")
     L = c["L"] if omega == 0 else c["L_max"]
     lr_max = 1.0 / (L * (1.0 + 2.0 * omega / workers))
     gamma = lr_max if lr is None else lr
-    sigma_sq = 0.0 if batch_size is None else c["sigma_sq"] / batch_size
-    floor = gamma / (c["mu"] * workers) * (2 * omega * c["zeta_sq"] + (1 + omega) * sigma_sq)
+    noise = sigma_sq(c, batch_size)
+    floor = gamma / (c["mu"] * workers) * (2 * omega * c["zeta_sq"] + (1 + omega) * noise)
     rate = 1.0 - gamma * c["mu"] if gamma <= lr_max else None
     return Theorem(lr_max, rate, floor if math.isfinite(floor) else None, "dist_sq",
                    "THEORY.md §2, §6")

@@ -1,0 +1,39 @@
+"""Shared fixtures: compose the real Hydra config with overrides, run jobs in a temp store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = str(ROOT / "conf")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    # constants and data caches go to a per-session temp dir, never the user's ~/.cache
+    os.environ.setdefault("COMMSGD_DATA", str(tmp_path_factory.mktemp("commsgd-data")))
+
+
+def make_cfg(*overrides: str):
+    """The composed config, exactly as `commsgd-run <overrides>` would see it (no tracking,
+    no progress bar unless asked)."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="config",
+                       overrides=["tracking=none", "progress=false", *overrides])
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True, timeout: int = 300):
+    """`python -m suite <args>` in cwd, importing this checkout (not an installed copy)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "suite", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\n"
+                             f"stderr:\n{proc.stderr}")
+    return proc

@@ -1,0 +1,132 @@
+"""The logistic-regression task: gradients, optimum, constants, splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.logreg import LogisticRegression
+from tasks.splits import split_indices
+
+
+@pytest.fixture(scope="module")
+def cancer():
+    return LogisticRegression(dataset="breast_cancer", workers=4, split="by_label")
+
+
+def test_worker_gradients_equal_autograd(cancer):
+    """Each worker's gradient equals autograd on its weighted local objective f_k."""
+    torch.manual_seed(0)
+    x = torch.randn(cancer.dim, dtype=torch.float64, requires_grad=True)
+    ours = cancer.grads(x.detach(), None)
+    for k in range(cancer.num_workers):
+        A, b, w = cancer.A_shards[k], cancer.b_shards[k], cancer.w_shards[k]
+        local = (w * torch.logaddexp(torch.zeros_like(b), -b * (A @ x))).sum() \
+            + 0.5 * cancer.l2 * x.dot(x)
+        (g,) = torch.autograd.grad(local, x)
+        torch.testing.assert_close(ours[k], g, rtol=1e-12, atol=1e-14)
+
+
+def test_average_of_worker_objectives_is_the_global_gradient(cancer):
+    x = torch.randn(cancer.dim, dtype=torch.float64)
+    torch.testing.assert_close(cancer.grads(x, None).mean(0), cancer.full_grad(x),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_minibatch_gradient_is_unbiased(cancer):
+    """Averaging the minibatch gradient over every possible single sample gives ∇f_k."""
+    x = torch.randn(cancer.dim, dtype=torch.float64)
+    full = cancer.grads(x, None)
+    m = int(cancer.n_held.min())
+    # batch of size m that enumerates the first m samples of each shard exactly once
+    batch = torch.arange(m).expand(cancer.num_workers, m)
+    enumerated = cancer.grads(x, batch)
+    sizes = cancer.n_held.to(torch.float64)
+    # with batch = all samples of a shard of size m == n_k, the estimate is exact
+    exact_rows = sizes == m
+    torch.testing.assert_close(enumerated[exact_rows], full[exact_rows], rtol=1e-12,
+                               atol=1e-14)
+
+
+def test_f_star_matches_scikit_learn(cancer):
+    from sklearn.linear_model import LogisticRegression as SkLR
+
+    A, b = cancer.A_train.numpy(), cancer.b_train.numpy()
+    n = len(b)
+    sk = SkLR(C=1.0 / (n * cancer.l2), fit_intercept=False, tol=1e-14, max_iter=100000)
+    sk.fit(A, b)
+    x = torch.as_tensor(sk.coef_[0], dtype=torch.float64)
+    f_sklearn = float(cancer.loss(x))
+    f_star = cancer.constants["f_star"]
+    assert f_star <= f_sklearn + 1e-15
+    assert abs(f_sklearn - f_star) / f_star < 1e-8
+    assert cancer.constants["grad_norm_at_x_star"] <= 1e-10
+
+
+def test_smoothness_and_strong_convexity_bound_the_hessian(cancer):
+    L, mu = cancer.constants["L"], cancer.constants["mu"]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x = torch.as_tensor(rng.standard_normal(cancer.dim) * 3, dtype=torch.float64)
+        H = torch.autograd.functional.hessian(cancer.loss, x)
+        eig = torch.linalg.eigvalsh(H)
+        assert eig[-1] <= L * (1 + 1e-12)
+        assert eig[0] >= mu * (1 - 1e-12)
+    # L is attained at x = 0, where s(1−s) = 1/4 for every sample
+    H0 = torch.autograd.functional.hessian(cancer.loss, torch.zeros(cancer.dim,
+                                                                    dtype=torch.float64))
+    assert torch.linalg.eigvalsh(H0)[-1] == pytest.approx(L, rel=1e-10)
+
+
+def test_worker_smoothness_bounds_each_local_hessian(cancer):
+    L_max = cancer.constants["L_max"]
+    for k in range(cancer.num_workers):
+        A, w = cancer.A_shards[k], cancer.w_shards[k]
+        H0 = (A.T * (w * 0.25)) @ A + cancer.l2 * torch.eye(cancer.dim, dtype=torch.float64)
+        assert torch.linalg.eigvalsh(H0)[-1] <= L_max * (1 + 1e-12)
+
+
+def test_heterogeneity_constant_is_the_mean_local_gradient_norm_at_the_optimum():
+    iid = LogisticRegression(dataset="breast_cancer", workers=4, split="iid")
+    by_label = LogisticRegression(dataset="breast_cancer", workers=4, split="by_label")
+    assert by_label.constants["zeta_sq"] > 1.2 * iid.constants["zeta_sq"]
+    for task in (iid, by_label):
+        g = task.grads(task.x_star, None)
+        assert float((g * g).sum(1).mean()) == pytest.approx(task.constants["zeta_sq"],
+                                                             rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["iid", "by_label", "dirichlet"])
+@pytest.mark.parametrize("workers", [1, 3, 8])
+def test_splits_cover_every_sample_exactly_once(kind, workers):
+    labels = np.random.default_rng(1).integers(0, 2, size=101) * 2 - 1
+    shards = split_indices(labels, workers, kind, seed=3, alpha=0.1)
+    assert len(shards) == workers
+    assert all(len(s) >= 1 for s in shards)
+    joined = np.concatenate(shards)
+    assert np.array_equal(np.sort(joined), np.arange(101))
+
+
+def test_by_label_split_separates_the_classes():
+    labels = np.array([1, -1] * 50)
+    shards = split_indices(labels, 2, "by_label", seed=0)
+    assert {labels[i] for i in shards[0]} == {-1}
+    assert {labels[i] for i in shards[1]} == {1}
+
+
+def test_bad_split_and_dataset_are_refused():
+    with pytest.raises(ValueError, match="task.split='diagonal'"):
+        split_indices(np.ones(10), 2, "diagonal", seed=0)
+    with pytest.raises(ValueError, match="task.dataset='nope'.*breast_cancer"):
+        LogisticRegression(dataset="nope", workers=2)
+
+
+def test_unequal_shards_keep_the_global_objective():
+    """Dirichlet shards differ in size; the K·n_k/n weights keep f = (1/K) Σ f_k."""
+    task = LogisticRegression(dataset="breast_cancer", workers=5, split="dirichlet",
+                              dirichlet_alpha=0.3)
+    assert len(set(task.shard_sizes.tolist())) > 1
+    x = torch.randn(task.dim, dtype=torch.float64)
+    torch.testing.assert_close(task.grads(x, None).mean(0), task.full_grad(x), rtol=1e-12,
+                               atol=1e-14)
