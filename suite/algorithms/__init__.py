@@ -6,9 +6,10 @@ plus one entry here.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
-from . import sgd
+from . import delayed, diana, ef_sgd, local_sgd, sgd
 from .base import Algorithm, ConfigurationError, Context, Theorem
 
 
@@ -28,6 +29,11 @@ REGISTRY: dict[str, AlgorithmSpec] = {
     "terngrad": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "terngrad"),
     "dqgd": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "quant_p",
                           full_gradients_only=True),
+    "ef_sgd": AlgorithmSpec(ef_sgd.build, ef_sgd.theorem, ("unbiased", "contractive"), "topk"),
+    # the delay analysis is for exact messages; an unbiased compressor only adds variance
+    "delayed_sgd": AlgorithmSpec(delayed.build, delayed.theorem, ("unbiased",)),
+    "local_sgd": AlgorithmSpec(local_sgd.build, local_sgd.theorem, ("unbiased",)),
+    "diana": AlgorithmSpec(diana.build, diana.theorem, ("unbiased",), "quant_p"),
 }
 
 
