@@ -77,6 +77,10 @@ class LogisticRegression:
         as_t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
         self.A_shards, self.b_shards, self.w_shards = as_t(A), as_t(b), as_t(weight)
         self.n_held = torch.as_tensor([len(s) for s in held], device=self.device)
+        # views used by minibatch sampling, precomputed off the hot path
+        self.A_flat, self.b_flat = self.A_shards.view(w * m, d), self.b_shards.view(w * m)
+        self._row_offsets = (torch.arange(w, device=self.device) * m)[:, None]
+        self._sample_weight = self.num_workers * self.n_held.to(self.dtype) / self.n
 
     # -- what the engine calls ------------------------------------------------------------
     def x0(self) -> torch.Tensor:
@@ -90,17 +94,21 @@ class LogisticRegression:
         return (u * self.n_held[:, None]).long().clamp_max(self.n_held[:, None] - 1)
 
     def grads(self, x: torch.Tensor, batch) -> torch.Tensor:
+        w = len(self.worker_ids)
+        X = x.expand(w, -1) if x.dim() == 1 else x
         if batch is None:
             A, b, weight = self.A_shards, self.b_shards, self.w_shards
         else:
-            rows = torch.arange(len(self.worker_ids), device=self.device)[:, None]
-            A, b = self.A_shards[rows, batch], self.b_shards[rows, batch]
+            # one index_select over the flattened shards is several times faster than
+            # advanced indexing with a (rows, batch) pair
+            flat = (batch + self._row_offsets).view(-1)
+            A = self.A_flat.index_select(0, flat).view(w, batch.shape[1], self.dim)
+            b = self.b_flat.index_select(0, flat).view(w, batch.shape[1])
             # each of the b samples stands for n_k/b of the shard: weight K·n_k/(n·b)
-            scale = self.num_workers * self.n_held.to(self.dtype) / (self.n * batch.shape[1])
-            weight = scale[:, None].expand_as(b)
-        z = torch.einsum("wmd,wd->wm", A, x.expand(len(self.worker_ids), -1))
+            weight = (self._sample_weight / batch.shape[1])[:, None]
+        z = torch.bmm(A, X.unsqueeze(2)).squeeze(2)
         coef = -b * torch.sigmoid(-b * z) * weight
-        return torch.einsum("wm,wmd->wd", coef, A) + self.l2 * x
+        return torch.bmm(coef.unsqueeze(1), A).squeeze(1) + self.l2 * X
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         return _mean_logistic(self.A_train, self.b_train, x) + 0.5 * self.l2 * x.dot(x)

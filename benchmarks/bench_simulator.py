@@ -1,0 +1,117 @@
+"""Speed of the vectorised simulator against a plain per-worker Python loop, and the share of
+the default job's wall time spent in tracking.
+
+    .venv/bin/python benchmarks/bench_simulator.py
+
+Part 1: parallel SGD on logistic regression (synthetic, d = 300, b = 16) for K = 1, 4, 16, 64.
+"suite" is `algorithm.step` as the runner calls it (per-worker sampling streams, batched
+gradients over the [K, d] worker axis, compression through the channel, float32 wire).
+"loop" computes the same update the way one would without the worker axis: for each worker,
+draw its minibatch, compute its gradient, then average. Both run side by side in one process.
+
+Part 2: the default job (`make run`'s config) with tracking=mlflow into a fresh SQLite store,
+against the same job with tracking=none. The difference is what tracking costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import best_rate, compose, table
+
+from suite.runner import Run, execute
+
+
+def loop_step_factory(run: Run):
+    """One SGD step written as a per-worker Python loop over the same data and streams."""
+    task = run.task
+    gens = run.sample_streams.generators
+    b = run.batch_size
+    K = task.num_workers
+
+    def step(x, lr):
+        total = torch.zeros_like(x)
+        for k in range(K):
+            n_k = int(task.n_held[k])
+            u = torch.empty(b, dtype=torch.float64).uniform_(0, 1, generator=gens[k])
+            idx = (u * n_k).long()
+            A, y = task.A_shards[k, idx], task.b_shards[k, idx]
+            coef = -y * torch.sigmoid(-y * (A @ x)) * (K * n_k / (task.n * b))
+            g = A.T @ coef + task.l2 * x
+            total += g.to(torch.float32).to(x.dtype)
+        return x - lr * (total / K).to(torch.float32).to(x.dtype)
+
+    return step
+
+
+def simulator_table(quick: bool) -> str:
+    rows = []
+    for K in (1, 4, 16, 64):
+        cfg = compose("task.dataset=synthetic", f"task.n_samples={K * 64}", "task.dim=300",
+                      "batch_size=16", f"workers={K}", "lr=0.05")
+        run = Run(cfg)
+        n = 200 if quick else 1000
+        state = [run.algorithm.init(run.task.x0())]
+
+        def suite_steps(m):
+            s = state[0]
+            for t in range(m):
+                s = run.algorithm.step(s, t, 0.05)
+            state[0] = s
+
+        loop = loop_step_factory(run)
+        x = [run.task.x0()]
+
+        def loop_steps(m):
+            for _ in range(m):
+                x[0] = loop(x[0], 0.05)
+
+        fast, slow = best_rate(suite_steps, n), best_rate(loop_steps, max(n // 4, 50))
+        rows.append([K, f"{fast:,.0f}", f"{slow:,.0f}", f"{fast / slow:.1f}x"])
+    k1 = float(rows[0][1].replace(",", ""))
+    for r in rows:
+        r.append(f"{k1 / float(r[1].replace(',', '')):.2f}")
+    return table(["K", "suite it/s", "loop it/s", "suite/loop", "time vs K=1"], rows)
+
+
+def tracking_table() -> str:
+    overrides = ("steps=2000",)
+    timings = {}
+    for mode in ("none", "mlflow"):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = compose(*overrides)
+            if mode == "mlflow":
+                cfg.tracking = compose("tracking=mlflow").tracking
+            # the first use of a new SQLite store creates its tables (a one-time cost per
+            # store): do it before timing, as any store that already holds a run has done
+            if mode == "mlflow":
+                warm = compose("steps=1")
+                warm.tracking = cfg.tracking
+                execute(warm, launch_dir=Path(tmp))
+            start = time.perf_counter()
+            execute(cfg, launch_dir=Path(tmp))
+            timings[mode] = time.perf_counter() - start
+    share = (timings["mlflow"] - timings["none"]) / timings["mlflow"]
+    return table(["default job (2000 steps)", "seconds"],
+                 [["tracking=none", f"{timings['none']:.2f}"],
+                  ["tracking=mlflow (SQLite)", f"{timings['mlflow']:.2f}"],
+                  ["share of wall time in tracking", f"{100 * share:.1f}%"]])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the comparison is of Python overhead, not of BLAS threading
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread\n")
+    print(simulator_table(args.quick))
+    print()
+    print(tracking_table())
+
+
+if __name__ == "__main__":
+    main()
