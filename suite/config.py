@@ -21,10 +21,10 @@ class ConfigError(ValueError):
 
 ROOT_KEYS = {
     "workers", "batch_size", "steps", "lr", "lr_schedule", "lr_offset", "seed", "eval_every",
-    "divergence_threshold", "progress",
+    "divergence_threshold", "progress", "warmup_steps", "lr_milestones", "lr_gamma",
     "task", "algorithm", "compressor", "hardware", "tracking", "experiment",
 }
-LR_SCHEDULES = ("constant", "decaying")
+LR_SCHEDULES = ("constant", "decaying", "warmup_cosine", "step")
 
 
 def _is_int(v) -> bool:
@@ -59,6 +59,13 @@ def check_root(cfg: DictConfig) -> None:
              f"one of {', '.join(LR_SCHEDULES)}")
     _require(_is_number(cfg.lr_offset) and cfg.lr_offset > 0, "lr_offset", cfg.lr_offset,
              "a number > 0")
+    _require(_is_int(cfg.warmup_steps) and 0 <= cfg.warmup_steps <= cfg.steps, "warmup_steps",
+             cfg.warmup_steps, f"an integer in [0, steps={cfg.steps}]")
+    milestones = list(cfg.lr_milestones)
+    _require(all(_is_number(m) and 0 < m < 1 for m in milestones), "lr_milestones",
+             milestones, "a list of fractions of steps, each in (0, 1)")
+    _require(_is_number(cfg.lr_gamma) and 0 < cfg.lr_gamma <= 1, "lr_gamma", cfg.lr_gamma,
+             "a number in (0, 1]")
     _require(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     _require(_is_int(cfg.eval_every) and cfg.eval_every >= 1, "eval_every", cfg.eval_every,
              "an integer >= 1")

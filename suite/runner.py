@@ -23,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 import suite
 from suite import artifacts
 from suite.algorithms import Context, build_algorithm, get_spec
-from suite.backends import SimulatedBackend
+from suite.backends import make_backend
 from suite.comm import Channel
 from suite.compressors import REGISTRY as COMPRESSORS
 from suite.compressors import build_compressor
 from suite.config import ConfigError, bind, check_root, flatten, group_kwargs, resolved_dict
 from suite.hardware import select_device
 from suite.rng import WorkerStreams
+from suite.schedules import make_schedule
 from suite.timing import Stopwatch
 from suite.tracking import MlflowTracker, NullTracker, default_uri
 from tasks import TASKS
@@ -68,13 +69,6 @@ def git_sha() -> str:
         return "unknown"
 
 
-def lr_schedule(cfg: DictConfig, lr0: float):
-    if cfg.lr_schedule == "constant":
-        return lambda t: lr0
-    offset = float(cfg.lr_offset)
-    return lambda t: lr0 * offset / (offset + t)
-
-
 class Run:
     """Everything a run is made of, built and checked before the first step."""
 
@@ -84,7 +78,7 @@ class Run:
         hw = OmegaConf.to_container(cfg.hardware, resolve=True)
         self.device = select_device(hw)
         K = cfg.workers
-        self.backend = backend or SimulatedBackend(K, self.device)
+        self.backend = backend or make_backend(hw, K, self.device)
 
         task_name, task_kwargs = group_kwargs(cfg, "task")
         if task_name not in TASKS:
@@ -137,7 +131,10 @@ class Run:
         self.lr0 = self.theorem.lr_max if cfg.lr == "theory" else float(cfg.lr)
         if cfg.lr != "theory":
             self.theorem = spec.theorem(self.task.constants, lr=self.lr0, **theorem_args)
-        self.schedule = lr_schedule(cfg, self.lr0)
+        self.schedule = make_schedule(
+            cfg.lr_schedule, self.lr0, steps=cfg.steps, offset=float(cfg.lr_offset),
+            warmup_steps=cfg.warmup_steps, milestones=tuple(cfg.lr_milestones),
+            gamma=float(cfg.lr_gamma))
 
     def evaluate(self, state) -> dict[str, float]:
         metrics = self.task.evaluate(self.algorithm.params(state))

@@ -75,3 +75,15 @@ def test_divergence_is_detected_and_reported():
     res = execute(make_cfg(*PROBLEM, "steps=200", "eval_every=5", "lr=500"))
     assert res.status == "FAILED"
     assert "diverged" in res.reason
+
+
+def test_schedules_follow_their_formulas():
+    from suite.schedules import make_schedule
+
+    cos = make_schedule("warmup_cosine", 1.0, steps=110, warmup_steps=10)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
+    assert cos(10) == pytest.approx(1.0) and cos(60) == pytest.approx(0.5)
+    assert cos(109) < 1e-3
+    step = make_schedule("step", 2.0, steps=100, milestones=(0.5, 0.75), gamma=0.1)
+    assert [step(t) for t in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+        [2.0, 2.0, 0.2, 0.2, 0.02, 0.02])
