@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Callable
+from collections.abc import Callable
 
 SCHEDULES = ("constant", "decaying", "warmup_cosine", "step")
 

@@ -13,7 +13,21 @@ Every function works on a batch [w, d], one message per worker row:
     bits    = c.bits(payload)                 # [w] int64: exact encoded size in bits
 
 `len(msgs[k]) == ceil(bits[k] / 8)`: the wire format has no header beyond what `bits` counts
-(the receiver knows d and the compressor's hyper-parameters from the run's config).
+(the receiver knows d and the compressor's hyper-parameters from the run's config). Every message
+is a run of little-endian float32 scalars (norms, scales, kept values) followed by one bit-packed
+run of equal-width unsigned fields, most significant bit first (`bitpack.py`); the last byte is
+zero-padded, and that padding is the only difference between `8·len(msg)` and `bits`.
+
+Wire precision. Scales travel as float32, so `decompress` reconstructs from the float32 scale
+(computed in float32, or float64 for float64 inputs, then cast to the input dtype): what the
+simulation continues from is exactly what a receiver would rebuild, and
+`decompress(decode(encode(p), ...)) == decompress(p)` bit for bit. Scales that set Bernoulli
+probabilities are rounded *up* to float32, so probabilities stay ≤ 1 and unbiasedness survives
+the rounding.
+
+Dimension checks. `check_dim(d)`, where a compressor has one, refuses a task dimension its
+hyper-parameters cannot serve (e.g. top-k with k > d). The runner calls it once before the run;
+`compress` calls it too, so a direct call cannot slip past it.
 
 Classes (THEORY.md §1):
 - unbiased, U(ω):      E C(x) = x,  E‖C(x) − x‖² ≤ ω(d)·‖x‖²
@@ -53,6 +67,9 @@ class Compressor:
     local_scale: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     # Set where the declared constant depends on the data rather than on d alone.
     data_dependent: Optional[str] = None
+    # Refuses a dimension the hyper-parameters cannot serve; raises CompressorError naming
+    # the key, its value and the allowed range. The runner calls it once with the task's d.
+    check_dim: Optional[Callable[[int], None]] = None
     is_identity: bool = False
     hyperparams: tuple = ()
 
@@ -76,5 +93,7 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     """Refuse NaN/inf input: a compressed NaN would silently poison every worker's model."""
     if x.dim() != 2:
         raise CompressorError(f"{name}: expected a [workers, d] batch, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise CompressorError(f"{name}: expected a floating-point batch, got dtype {x.dtype}")
     if not torch.isfinite(x).all():
         raise CompressorError(f"{name}: input holds NaN or inf; refusing to compress it")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
+from . import bitpack
 from .base import Compressor, CompressorError, check_finite
+from .params import require_dim
 
 _WIRE_DTYPES = {16: torch.float16, 32: torch.float32, 64: torch.float64}
 
@@ -26,19 +29,33 @@ def identity(*, width: int = 32) -> Compressor:
         raise CompressorError(f"compressor.width={width!r}: allowed values are 16, 32, 64")
     wire = _WIRE_DTYPES[width]
 
+    def check_dim(d):
+        require_dim(d)
+
     def compress(x, streams=None):
         check_finite(x, "identity")
-        return DensePayload(x.to(wire), x.dtype)
+        check_dim(x.shape[1])
+        values = x.to(wire)
+        # A narrower wire (float16, or float32 for float64 input) overflows to inf silently.
+        if not torch.isfinite(values).all():
+            raise CompressorError(
+                f"identity: |x| = {x.abs().max().item():.6g} exceeds the range of the "
+                f"{width}-bit wire format"
+            )
+        return DensePayload(values, x.dtype)
 
     def decompress(p):
         return p.values.to(p.out_dtype)
 
     def encode(p):
-        return [row.contiguous().cpu().numpy().tobytes() for row in p.values]
+        # explicit little-endian, like every other wire format (bitpack.py)
+        rows = np.ascontiguousarray(p.values.detach().cpu().numpy(), dtype=f"<f{width // 8}")
+        return bitpack.join_rows(rows.view(np.uint8).reshape(rows.shape[0], -1))
 
     def decode(msgs, d, dtype, device="cpu"):
-        rows = [torch.frombuffer(bytearray(m), dtype=wire) for m in msgs]
-        return DensePayload(torch.stack(rows).to(device), dtype)
+        (body,) = bitpack.split_rows(msgs, [width // 8 * d])
+        values = body.copy().view(f"<f{width // 8}").astype(f"f{width // 8}")
+        return DensePayload(torch.from_numpy(values).to(device), dtype)
 
     def bits(p):
         w, d = p.values.shape
@@ -54,6 +71,7 @@ def identity(*, width: int = 32) -> Compressor:
         encode=encode,
         decode=decode,
         bits=bits,
+        check_dim=check_dim,
         is_identity=True,
         hyperparams=(("width", width),),
     )
