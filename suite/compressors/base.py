@@ -36,8 +36,9 @@ Classes (THEORY.md §1):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 import torch
 
@@ -53,23 +54,23 @@ class Compressor:
     name: str
     kind: Kind
     # ω(d) for the unbiased class, δ(d) for the contractive class; the other is None.
-    omega: Optional[Callable[[int], float]]
-    delta: Optional[Callable[[int], float]]
+    omega: Callable[[int], float] | None
+    delta: Callable[[int], float] | None
     compress: Callable[..., Any]
     decompress: Callable[[Any], torch.Tensor]
     encode: Callable[[Any], list]
     decode: Callable[..., Any]
     bits: Callable[[Any], torch.Tensor]
     # A second, entropy-coded size where the compressor has one (QSGD's Elias coding).
-    entropy_bits: Optional[Callable[[Any], torch.Tensor]] = None
+    entropy_bits: Callable[[Any], torch.Tensor] | None = None
     # TernGrad shares its scale (the max-norm) across workers: the backend computes
     # max over all workers of `local_scale(x)` and passes it to compress(..., scale=).
-    local_scale: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    local_scale: Callable[[torch.Tensor], torch.Tensor] | None = None
     # Set where the declared constant depends on the data rather than on d alone.
-    data_dependent: Optional[str] = None
+    data_dependent: str | None = None
     # Refuses a dimension the hyper-parameters cannot serve; raises CompressorError naming
     # the key, its value and the allowed range. The runner calls it once with the task's d.
-    check_dim: Optional[Callable[[int], None]] = None
+    check_dim: Callable[[int], None] | None = None
     is_identity: bool = False
     hyperparams: tuple = ()
 

@@ -1,0 +1,114 @@
+"""Natural compression: unbiased stochastic rounding to a power of two (Horváth, Ho, Horváth,
+Sahu, Canini, Richtárik 2019, "Natural compression for distributed deep learning").
+
+Definition, per coordinate t ≠ 0 with 2^e ≤ |t| < 2^(e+1) and one uniform u:
+
+    C(t) = sign(t)·2^e·(1 + ξ),   ξ = [u < (|t| − 2^e)/2^e],   C(0) = 0.
+
+Constant: unbiased, ω = 1/8: with |t| = 2^e(1 + q), q ∈ [0, 1), the variance is
+4^e·q(1 − q) ≤ t²/8, the maximum at q = 1/3 (|t| = (4/3)·2^e).
+
+Bits: 9 per coordinate, 9d: a sign bit (1 = negative) and an 8-bit exponent code c, the value
+being 2^(c − 127) for c ≥ 1 and 0 for c = 0. That is exactly float32's sign and exponent fields
+with the mantissa dropped, so zero is handled as float32 handles it (all-zero exponent), and
+decompression rebuilds the float32 bits directly.
+
+Range (`data_dependent`): the smallest code, 1, is 2^-126, float32's least normal number.
+|t| < 2^-126 is rounded between 0 and 2^-126 (still unbiased, with probability |t|·2^126 of
+2^-126), whose variance |t|(2^-126 − |t|) is not bounded by t²/8. |t| > 2^127 is refused,
+because rounding up would need code 255; for float16 inputs |t| > 2^15 is refused, because
+rounding up could give 65536, which float16 cannot hold.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from . import bitpack
+from .base import Compressor, CompressorError, check_finite
+from .params import require_dim
+from .quantize import compute_dtype
+
+_EXP_BIAS = 127
+_MAX_CODE = 254  # 2^127; code 255 (float32's inf/NaN) is never sent
+WIDTH = 9
+
+
+class NaturalPayload(NamedTuple):
+    codes: torch.Tensor  # [w, d] int16: (negative << 8) | exponent code
+    out_dtype: torch.dtype
+
+
+def _max_exponent(dtype: torch.dtype) -> int:
+    # The largest power of two the reconstruction may need: 2^127 on the float32 wire, 2^15 for
+    # float16 (its largest finite value is 65504 < 2^16).
+    return 15 if dtype == torch.float16 else 127
+
+
+def natural() -> Compressor:
+    def check_dim(d: int) -> None:
+        require_dim(d)
+
+    def compress(x: torch.Tensor, streams) -> NaturalPayload:
+        check_finite(x, "natural")
+        w, d = x.shape
+        check_dim(d)
+        ct = compute_dtype(x.dtype)
+        a = x.to(ct).abs()
+        top = _max_exponent(x.dtype)
+        if bool((a > 2.0**top).any()):
+            raise CompressorError(
+                f"natural: |x| = {a.max().item():.6g} exceeds 2^{top}; rounding it up to a power "
+                f"of two would leave the range of the wire format / {x.dtype}"
+            )
+        mantissa, exponent = torch.frexp(a)  # a = mantissa·2^exponent, mantissa ∈ [0.5, 1)
+        code = exponent.to(torch.int16) + (_EXP_BIAS - 1)  # code of the power just below a
+        prob = mantissa.mul_(2.0).sub_(1.0)  # (a − 2^e)/2^e, exact
+        # Below float32's normal range, or zero (frexp(0) = (0, 0) would read as code 126):
+        # round between 0 (code 0) and 2^-126 (code 1) with probability |t|·2^126 (exact).
+        tiny = (code < 1) | (a == 0)
+        if bool(tiny.any()):
+            prob = torch.where(tiny, a * 2.0**126, prob)
+            code = torch.where(tiny, torch.zeros_like(code), code)
+        u = streams.uniform(d, dtype=ct)
+        code += u < prob
+        return NaturalPayload(torch.where(x < 0, code | 256, code), x.dtype)
+
+    def decompress(p: NaturalPayload) -> torch.Tensor:
+        code = (p.codes & 255).to(torch.int32)
+        magnitude = (code << 23).view(torch.float32)  # 2^(c − 127), and 0.0 for c = 0
+        return torch.where(p.codes >= 256, -magnitude, magnitude).to(p.out_dtype)
+
+    def encode(p: NaturalPayload) -> list[bytes]:
+        return bitpack.join_rows(bitpack.pack_fields(p.codes.to(torch.int64), WIDTH))
+
+    def decode(msgs, d: int, dtype: torch.dtype, device="cpu") -> NaturalPayload:
+        (body,) = bitpack.split_rows(msgs, [bitpack.packed_nbytes(d, WIDTH)])
+        codes = torch.from_numpy(bitpack.unpack_fields(body, d, WIDTH))
+        if bool(((codes & 255) > _MAX_CODE).any()):
+            raise CompressorError("natural message holds the unused exponent code 255")
+        return NaturalPayload(codes.to(torch.int16).to(device), dtype)
+
+    def bits(p: NaturalPayload) -> torch.Tensor:
+        w, d = p.codes.shape
+        return torch.full((w,), WIDTH * d, dtype=torch.int64)
+
+    return Compressor(
+        name="natural",
+        kind="unbiased",
+        omega=lambda d: 1.0 / 8.0,
+        delta=None,
+        compress=compress,
+        decompress=decompress,
+        encode=encode,
+        decode=decode,
+        bits=bits,
+        data_dependent=(
+            "ω = 1/8 holds for |x_j| >= 2^-126 (float32's normal range) or x_j = 0; smaller "
+            "entries round between 0 and 2^-126 (unbiased, variance |x_j|·(2^-126 − |x_j|))"
+        ),
+        check_dim=check_dim,
+        hyperparams=(),
+    )
