@@ -18,6 +18,13 @@ from omegaconf import DictConfig
 from suite.algorithms import ConfigurationError
 from suite.compressors import CompressorError
 from suite.config import ConfigError
+from suite.tracking import TrackingDeliveryError, TrackingUnavailable
+from tasks.libsvm import DatasetChecksumError, DatasetFormatError, DatasetUnavailableError
+
+# Errors a user can fix from the message alone: printed as one line, no traceback.
+USER_ERRORS = (ConfigError, ConfigurationError, CompressorError, TrackingUnavailable,
+               TrackingDeliveryError, DatasetUnavailableError, DatasetChecksumError,
+               DatasetFormatError)
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("commsgd")
@@ -49,12 +56,16 @@ def app(cfg: DictConfig) -> float | None:
     try:
         result = execute(cfg, launch_dir=Path(hc.runtime.cwd),
                          output_dir=Path(hc.runtime.output_dir), sweep_id=sweep_id)
-    except (ConfigError, ConfigurationError, CompressorError) as exc:
+    except USER_ERRORS as exc:
         # a bad config is refused before any run is recorded
-        print(f"commsgd: configuration error: {exc}", file=sys.stderr)
+        kind = "configuration error" if isinstance(exc, ValueError) else "error"
+        print(f"commsgd: {kind}: {exc}", file=sys.stderr)
         if multirun:
             raise
         sys.exit(2)
+    if result.status == "SKIPPED":
+        print(f"commsgd: skipped: {result.reason}")
+        return None
     print(summary(result, cfg))
     if result.status != "FINISHED":
         if not multirun:

@@ -22,6 +22,7 @@ class ConfigError(ValueError):
 ROOT_KEYS = {
     "workers", "batch_size", "steps", "lr", "lr_schedule", "lr_offset", "seed", "eval_every",
     "divergence_threshold", "progress", "warmup_steps", "lr_milestones", "lr_gamma",
+    "resume", "checkpoint_every", "checkpoint_path",
     "task", "algorithm", "compressor", "hardware", "tracking", "experiment",
 }
 LR_SCHEDULES = ("constant", "decaying", "warmup_cosine", "step")
@@ -71,7 +72,10 @@ def check_root(cfg: DictConfig) -> None:
              "an integer >= 1")
     _require(_is_number(cfg.divergence_threshold) and cfg.divergence_threshold > 1,
              "divergence_threshold", cfg.divergence_threshold, "a number > 1")
-    _require(isinstance(cfg.progress, bool), "progress", cfg.progress, "true or false")
+    for flag in ("progress", "resume"):
+        _require(isinstance(cfg[flag], bool), flag, cfg[flag], "true or false")
+    _require(_is_int(cfg.checkpoint_every) and cfg.checkpoint_every >= 0, "checkpoint_every",
+             cfg.checkpoint_every, "an integer >= 0 (0: never)")
 
 
 def group_kwargs(cfg: DictConfig, group: str) -> tuple[str, dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import subprocess
 import tempfile
 import time
@@ -21,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import suite
-from suite import artifacts
+from suite import artifacts, checkpoint
 from suite.algorithms import Context, build_algorithm, get_spec
 from suite.backends import make_backend
 from suite.comm import Channel
@@ -32,11 +33,12 @@ from suite.hardware import select_device
 from suite.rng import WorkerStreams
 from suite.schedules import make_schedule
 from suite.timing import Stopwatch
-from suite.tracking import MlflowTracker, NullTracker, default_uri
+from suite.tracking import MlflowTracker, NullTracker, check_reachable, default_uri
 from tasks import TASKS
 
 # Keys that change where and how a run is recorded, never what it computes.
-UNHASHED_KEYS = ("tracking", "progress", "hydra")
+UNHASHED_KEYS = ("tracking", "progress", "hydra", "resume", "checkpoint_every",
+                 "checkpoint_path")
 
 
 class Diverged(RuntimeError):
@@ -52,6 +54,7 @@ class RunResult:
     experiment: str | None
     history: list = field(default_factory=list)
     reason: str | None = None
+    params: torch.Tensor | None = None  # the final point, for tests and notebooks
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -142,7 +145,8 @@ class Run:
         return metrics
 
 
-def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, sweep_id: str | None):
+def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, out_dir: Path,
+                  sweep_id: str | None, resume_run_id: str | None = None):
     tracking = OmegaConf.to_container(cfg.tracking, resolve=True)
     if tracking["name"] == "none" or run.backend.rank != 0:
         return NullTracker()
@@ -164,29 +168,81 @@ def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, sweep_id: str | N
     params = flatten({k: v for k, v in resolved_dict(cfg).items() if k != "hydra"})
     params["lr.resolved"] = run.lr0
     return MlflowTracker(
-        uri=tracking["uri"] or default_uri(launch_dir),
+        uri=tracking_uri(cfg, launch_dir),
         experiment=tracking["experiment"] or cfg.task.name,
         run_name=tracking["run_name"] or f"{run.algo_name}-{comp}-K{cfg.workers}-s{cfg.seed}",
         params=params, tags=tags, flush_every=int(tracking.get("flush_every", 5000)),
+        fallback_dir=out_dir, resume_run_id=resume_run_id,
     )
+
+
+def tracking_uri(cfg: DictConfig, launch_dir: Path) -> str | None:
+    if cfg.tracking.name != "mlflow":
+        return None
+    return cfg.tracking.uri or default_uri(launch_dir)
+
+
+def finished_run_with_same_config(cfg: DictConfig, launch_dir: Path) -> str | None:
+    """The id of a FINISHED run of this exact config in the store, if there is one."""
+    uri = tracking_uri(cfg, launch_dir)
+    if uri is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment or cfg.task.name)
+    if exp is None:
+        return None
+    found = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.config_hash = '{config_hash(cfg)}' and "
+                      f"attributes.status = 'FINISHED'",
+        max_results=1)
+    return found[0].info.run_id if found else None
 
 
 def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path | None = None,
             sweep_id: str | None = None, backend=None) -> RunResult:
-    """Build, run and record one job. Raises on a bad config before any run is recorded."""
+    """Build, run and record one job. Raises on a bad config before any run is recorded.
+
+    resume=true skips a job whose config already has a FINISHED run in the store, and
+    continues an interrupted one from its checkpoint; checkpoint_path=FILE restarts from FILE.
+    """
+    check_root(cfg)
     launch_dir = Path(launch_dir or Path.cwd())
+    digest = config_hash(cfg)
+    if cfg.resume:
+        done = finished_run_with_same_config(cfg, launch_dir)
+        if done is not None:
+            return RunResult("SKIPPED", {}, done, tracking_uri(cfg, launch_dir),
+                             cfg.tracking.get("experiment") or cfg.task.name,
+                             reason=f"config_hash {digest} already FINISHED as run {done}")
+    ckpt_path = checkpoint.default_path(launch_dir, digest)
+    restored = None
+    if cfg.checkpoint_path is not None:
+        restored = checkpoint.load(Path(cfg.checkpoint_path), config_hash=digest)
+    elif cfg.resume and ckpt_path.is_file():
+        restored = checkpoint.load(ckpt_path, config_hash=digest)
+
     run = Run(cfg, backend=backend)
-    tracker = _make_tracker(cfg, run, launch_dir, sweep_id)
     out_dir = Path(output_dir or tempfile.mkdtemp(prefix="commsgd-"))
     out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = _make_tracker(cfg, run, launch_dir, out_dir, sweep_id,
+                            resume_run_id=_reopenable(restored, cfg, launch_dir))
 
     status, reason, state = "FAILED", None, None
     try:
-        tracker.log_constants(run.task.constants)
-        state, final = _loop(cfg, run, tracker)
+        if restored is None:
+            tracker.log_constants(run.task.constants)
+        saver = None
+        if cfg.checkpoint_every:
+            saver = lambda **kw: checkpoint.save(  # noqa: E731
+                ckpt_path, run=run, run_id=tracker.run_id, config_hash=digest, **kw)
+        state, final = _loop(cfg, run, tracker, restored=restored, save=saver)
         status = "FINISHED"
         return RunResult(status, final, tracker.run_id, tracker.uri, tracker.experiment_name,
-                         tracker.history)
+                         tracker.history, params=run.algorithm.params(state))
     except Diverged as exc:
         reason = str(exc)
         tracker.set_tags({"diverged": "true"})
@@ -202,16 +258,36 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
         _finish(cfg, run, tracker, out_dir, status, reason)
 
 
-def _loop(cfg: DictConfig, run: Run, tracker):
+def _reopenable(restored, cfg, launch_dir) -> str | None:
+    """A restarted run continues its MLflow run when the store still holds it."""
+    if restored is None or restored.get("run_id") is None or tracking_uri(cfg, launch_dir) is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=tracking_uri(cfg, launch_dir)).get_run(restored["run_id"])
+        return restored["run_id"]
+    except Exception:
+        return None
+
+
+def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
     algo, steps, every = run.algorithm, cfg.steps, cfg.eval_every
-    state = algo.init(run.task.x0())
-    metrics = run.evaluate(state)
-    initial_loss = metrics["train/loss"]
-    tracker.log_metrics(metrics | _times(run, 0.0), step=0)
-    bar = _progress(cfg, run)
-    wall = 0.0
+    if restored is None:
+        state, start, wall = algo.init(run.task.x0()), 0, 0.0
+        metrics = run.evaluate(state)
+        initial_loss = metrics["train/loss"]
+        tracker.log_metrics(metrics | _times(run, 0.0), step=0)
+    else:
+        state = checkpoint.restore(restored, run)
+        start, wall, initial_loss = restored["step"], restored["wall"], restored["initial_loss"]
+        metrics = run.evaluate(state) | _times(run, wall)
+    bar = _progress(cfg, run, start)
     lr_log: dict[int, float] = {}
-    for t in range(steps):
+    fail_at = int(os.environ.get("COMMSGD_TEST_FAIL_AT_STEP", -1))  # test hook: a crash
+    for t in range(start, steps):
+        if t == fail_at:
+            raise RuntimeError(f"COMMSGD_TEST_FAIL_AT_STEP={fail_at}: simulated crash")
         lr = run.schedule(t)
         started = time.perf_counter()
         state = algo.step(state, t, lr)
@@ -229,6 +305,11 @@ def _loop(cfg: DictConfig, run: Run, tracker):
             if bar is not None:
                 bar.update(t + 1 - bar.n)
                 bar.set_postfix(_postfix(metrics), refresh=False)
+        if save is not None and (t + 1) % cfg.checkpoint_every == 0 and t + 1 < steps:
+            for s, v in lr_log.items():
+                tracker.log_metrics({"train/lr": v}, step=s)
+            lr_log.clear()
+            save(state=state, step=t + 1, wall=wall, initial_loss=initial_loss)
     if bar is not None:
         bar.close()
     return state, metrics | _times(run, wall)
@@ -255,13 +336,13 @@ def _check_divergence(metrics, initial_loss, threshold, step):
         )
 
 
-def _progress(cfg, run):
+def _progress(cfg, run, start: int = 0):
     if not cfg.progress or run.backend.rank != 0:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=cfg.steps, desc=f"{run.algo_name}/{cfg.compressor.name}", unit="it",
-                dynamic_ncols=True, leave=False)
+    return tqdm(total=cfg.steps, initial=start, desc=f"{run.algo_name}/{cfg.compressor.name}",
+                unit="it", dynamic_ncols=True, leave=False)
 
 
 def _postfix(m: dict) -> dict:

@@ -1,9 +1,19 @@
-"""Run tracking: MLflow (batched writes) or nothing.
+"""Run tracking: MLflow (batched, retried, never losing data) or nothing.
 
 One tracker per run. Metrics are buffered in memory and written with `log_batch` in chunks of
-at most 1000 values (MLflow's per-call limit), never one call per metric per step; a run of
-2,000 steps with 15 metrics costs a few batched writes. Only rank 0 of a distributed job
-creates a tracker; the other ranks get a `NullTracker`.
+at most 1000 values (MLflow's per-call limit), never one call per metric per step. Only rank 0
+of a distributed job creates a tracker; the other ranks get a `NullTracker`.
+
+Failure handling, because sweeps of hundreds of runs meet locked databases and servers that go
+away:
+- an `http(s)://` tracking server is probed before the run starts; unreachable, the run fails
+  fast with a message that says how to start one;
+- every store call is retried with exponential backoff (SQLite's "database is locked" under a
+  parallel sweep, a server restarting);
+- a flush that still fails keeps its metrics in the buffer and the run goes on; at the end the
+  tracker tries again for `delivery_timeout_s`, and whatever it still cannot deliver is written
+  to a local fallback file (JSON lines) that `python -m suite.tracking replay FILE` sends later.
+  The run then ends with an error that says how many values are in that file.
 
 A run always ends in a terminal status: FINISHED, FAILED (tag `failure` holds the reason,
 `diverged=true` when it diverged) or KILLED (Ctrl-C); never left RUNNING.
@@ -11,12 +21,27 @@ A run always ends in a terminal status: FINISHED, FAILED (tag `failure` holds th
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+log = logging.getLogger("commsgd.tracking")
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached before the run starts."""
+
+
+class TrackingDeliveryError(RuntimeError):
+    """Some metrics could not be delivered; the message says where they were saved."""
 
 
 class NullTracker:
@@ -52,79 +77,214 @@ def default_uri(launch_dir: Path) -> str:
     return f"sqlite:///{Path(launch_dir).resolve() / 'mlruns.db'}"
 
 
-def get_or_create_experiment(client, name: str, artifact_root: Path | None) -> str:
-    """The experiment's id, creating it if needed. Two jobs of a parallel sweep may race to
-    create it: the loser's create fails, and it then finds the winner's."""
-    from mlflow.exceptions import MlflowException
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when an MLflow server does not answer: MLflow's own client would retry for
+    minutes before saying anything."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+            if resp.status == 200:
+                return
+            problem = f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise TrackingUnavailable(
+        f"tracking.uri={uri} is unreachable ({problem}). Start a server with `make "
+        f"mlflow-server` (see README), or log locally with tracking.uri=sqlite:///$PWD/mlruns.db"
+        f", or run without tracking: tracking=none"
+    )
 
-    for attempt in range(5):
-        exp = client.get_experiment_by_name(name)
+
+def retry(fn, what: str, *, attempts: int = 6, first_delay: float = 0.2):
+    """Call fn(), retrying with exponential backoff on store errors (locks, restarts)."""
+    delay = first_delay
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # MLflow wraps SQLAlchemy and HTTP errors in many types
+            if attempt == attempts - 1:
+                raise
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay *= 2
+
+
+def get_or_create_experiment(client, name: str, artifact_root: Path | None) -> str:
+    """The experiment's id, creating it if needed. Jobs of a parallel sweep may race to create
+    it (the sweep callback creates it first, but a job may come alone): the loser's create
+    fails, and it then finds the winner's."""
+    for attempt in range(6):
+        exp = retry(lambda: client.get_experiment_by_name(name), "get_experiment_by_name")
         if exp is not None:
             return exp.experiment_id
         try:
             location = None if artifact_root is None else (artifact_root / name).as_uri()
             return client.create_experiment(name, artifact_location=location)
-        except MlflowException:
+        except Exception:
             time.sleep(0.2 * (attempt + 1))
-    raise RuntimeError(f"could not create or find the MLflow experiment {name!r}")
+    raise TrackingUnavailable(f"could not create or find the MLflow experiment {name!r}")
+
+
+def local_artifact_root(uri: str) -> Path | None:
+    """A local SQLite store keeps its artifacts beside the database; a server has its own."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
+    return None
 
 
 class MlflowTracker(NullTracker):
     def __init__(self, *, uri: str, experiment: str, run_name: str, params: dict,
                  tags: dict[str, str], flush_every: int = 5000,
-                 artifact_root: Path | None = None):
+                 fallback_dir: Path | None = None, delivery_timeout_s: float = 30.0,
+                 resume_run_id: str | None = None):
         super().__init__()
         from mlflow.tracking import MlflowClient
 
+        check_reachable(uri)
         self.uri, self.experiment_name = uri, experiment
         self.client = MlflowClient(tracking_uri=uri)
         self.flush_every = flush_every
+        self.fallback_dir = Path(fallback_dir or Path.cwd())
+        self.delivery_timeout_s = delivery_timeout_s
         self._buffer: list = []
-        # A local SQLite store keeps its artifacts beside the database; a server has its own.
-        if artifact_root is None and uri.startswith("sqlite:///"):
-            artifact_root = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
-        self.experiment_id = get_or_create_experiment(self.client, experiment, artifact_root)
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
-        self._log_params(params)
+        self._skip_through: dict[str, int] = {}
+        self.experiment_id = get_or_create_experiment(self.client, experiment,
+                                                      local_artifact_root(uri))
+        if resume_run_id is not None:
+            self._reopen(resume_run_id)
+        else:
+            run = retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name,
+                                                       tags=tags), "create_run")
+            self.run_id = run.info.run_id
+            self._log_params(params)
+
+    def _reopen(self, run_id: str) -> None:
+        """Continue a run restarted from its checkpoint. What it logged after the checkpoint
+        will be logged again: drop values at steps the store already holds."""
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        for key in ("train/loss", "train/lr"):
+            history = self.client.get_metric_history(run_id, key)
+            self._skip_through[key] = max((m.step for m in history), default=-1)
 
     def _log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in sorted(params.items())]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i: i + MAX_PARAMS_PER_BATCH])
+            chunk = items[i: i + MAX_PARAMS_PER_BATCH]
+            retry(lambda: self.client.log_batch(self.run_id, params=chunk), "log params")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if self._skip_through:
+            limit = self._skip_through.get("train/lr" if "train/lr" in metrics else
+                                           "train/loss", -1)
+            if step <= limit:
+                return
         super().log_metrics(metrics, step)
         now = int(time.time() * 1000)
         self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
         if len(self._buffer) >= self.flush_every:
-            self.flush()
+            self.flush(patient=False)
 
     def log_constants(self, constants: dict[str, float]) -> None:
         self.log_metrics({f"task/{k}": v for k, v in constants.items()}, step=0)
 
-    def flush(self) -> None:
+    def flush(self, patient: bool = True) -> None:
+        """Deliver the buffer. Mid-run (patient=False) one failed try keeps the buffer for the
+        next flush, so a store outage never stops training."""
         while self._buffer:
             chunk = self._buffer[:MAX_METRICS_PER_BATCH]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            try:
+                if patient:
+                    retry(lambda: self.client.log_batch(self.run_id, metrics=chunk),
+                          "log_batch")
+                else:
+                    self.client.log_batch(self.run_id, metrics=chunk)
+            except Exception as exc:
+                if patient:
+                    raise
+                log.warning("metrics kept in memory: delivery failed (%s)", exc)
+                return
             del self._buffer[: len(chunk)]
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        retry(lambda: self.client.log_batch(self.run_id, tags=items), "set tags")
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path=subdir)
+        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path=subdir),
+              f"log artifact {Path(path).name}")
 
     def finish(self, status: str, reason: str | None = None) -> None:
-        try:
-            self.flush()
-            if reason:
-                self.set_tags({"failure": reason[:5000]})
-        finally:
-            self.client.set_terminated(self.run_id, status=status)
+        deadline = time.monotonic() + self.delivery_timeout_s
+        delay, last_error = 0.5, None
+        while True:
+            try:
+                self.flush(patient=False)
+                if self._buffer:
+                    raise RuntimeError("store refused the metrics")
+                if reason:
+                    self.set_tags({"failure": reason})
+                self.client.set_terminated(self.run_id, status=status)
+                return
+            except Exception as exc:
+                last_error = exc
+                if time.monotonic() + delay > deadline:
+                    break
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+        path = self._write_fallback(status, reason)
+        raise TrackingDeliveryError(
+            f"could not deliver {len(self._buffer)} metric values of run {self.run_id} to "
+            f"{self.uri} ({last_error}); nothing is lost: they are saved in {path}. Send them "
+            f"when the store is back with: python -m suite.tracking replay {path}"
+        )
+
+    def _write_fallback(self, status: str, reason: str | None) -> Path:
+        self.fallback_dir.mkdir(parents=True, exist_ok=True)
+        path = self.fallback_dir / f"unsent-metrics-{self.run_id}.jsonl"
+        with path.open("w") as f:
+            header = {"run_id": self.run_id, "uri": self.uri, "status": status,
+                      "reason": reason}
+            f.write(json.dumps(header) + "\n")
+            for m in self._buffer:
+                f.write(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n")
+        return path
+
+
+def replay(path: Path, uri: str | None = None) -> int:
+    """Send a fallback file's metrics to the store and close its run; returns the count."""
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    lines = Path(path).read_text().splitlines()
+    header = json.loads(lines[0])
+    client = MlflowClient(tracking_uri=uri or header["uri"])
+    metrics = [Metric(k, v, ts, step) for k, v, ts, step in map(json.loads, lines[1:])]
+    for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(header["run_id"], metrics=metrics[i: i + MAX_METRICS_PER_BATCH])
+    if header.get("reason"):
+        client.log_batch(header["run_id"], tags=[RunTag("failure", header["reason"])])
+    client.set_terminated(header["run_id"], status=header["status"])
+    return len(metrics)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m suite.tracking")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rp = sub.add_parser("replay", help="send a fallback file of unsent metrics")
+    rp.add_argument("file", type=Path)
+    rp.add_argument("--tracking-uri", default=None)
+    args = parser.parse_args(argv)
+    count = replay(args.file, args.tracking_uri)
+    print(f"replayed {count} metric values from {args.file}")
+
+
+if __name__ == "__main__":
+    main()
