@@ -25,6 +25,9 @@ class Channel:
         self.bits_up = torch.zeros(w, dtype=torch.int64, device=device)
         self.entropy_bits_up = torch.zeros(w, dtype=torch.int64, device=device)
         self.bits_down = torch.zeros(w, dtype=torch.int64, device=device)
+        # Σ ceil(bits/8) per worker: the compressor's accounting in whole bytes, which a
+        # distributed backend's count of the bytes it actually ships must equal.
+        self.bytes_up = torch.zeros(w, dtype=torch.int64, device=device)
         self.rounds = 0
 
     def send_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +46,9 @@ class Channel:
             own = c.decompress(payload)
         with self.stopwatch.time("comm"):
             mean = self.backend.mean_of_messages(c, payload, own)
-        self.bits_up += c.bits(payload).to(self.bits_up.device)
+        bits = c.bits(payload).to(self.bits_up.device)
+        self.bits_up += bits
+        self.bytes_up += (bits + 7) // 8
         if c.entropy_bits is not None:
             self.entropy_bits_up += c.entropy_bits(payload).to(self.bits_up.device)
         else:
@@ -57,13 +62,23 @@ class Channel:
         return v.to(torch.float32).to(v.dtype)
 
     def totals(self) -> dict[str, float]:
-        """Cumulative bits per worker, averaged over all K workers (a collective)."""
+        """Cumulative bits per worker, averaged over all K workers (a collective).
+
+        A backend that ships real bytes (`wire_totals`, the distributed one) adds what it
+        handed to the collectives beside `comm/bytes_up`, the compressor's Σ ceil(bits/8).
+        """
         K = self.backend.num_workers
-        stacked = torch.stack([self.bits_up, self.entropy_bits_up, self.bits_down], 1)
-        up, entropy_up, down = (self.backend.sum(stacked.double()) / K).tolist()
-        return {
+        stacked = torch.stack([self.bits_up, self.entropy_bits_up, self.bits_down,
+                               self.bytes_up], 1)
+        up, entropy_up, down, bytes_up = (self.backend.sum(stacked.double()) / K).tolist()
+        out = {
             "comm/bits_up": up,
             "comm/bits_up_entropy": entropy_up,
             "comm/bits_down": down,
             "comm/rounds": float(self.rounds),
         }
+        wire_totals = getattr(self.backend, "wire_totals", None)
+        if wire_totals is not None:
+            out["comm/bytes_up"] = bytes_up
+            out.update(wire_totals())
+        return out

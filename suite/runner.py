@@ -203,11 +203,14 @@ def finished_run_with_same_config(cfg: DictConfig, launch_dir: Path) -> str | No
 
 
 def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path | None = None,
-            sweep_id: str | None = None, backend=None) -> RunResult:
+            sweep_id: str | None = None, backend=None, on_start=None) -> RunResult:
     """Build, run and record one job. Raises on a bad config before any run is recorded.
 
     resume=true skips a job whose config already has a FINISHED run in the store, and
     continues an interrupted one from its checkpoint; checkpoint_path=FILE restarts from FILE.
+    `on_start(tracker)`, if given, is called once the run is recorded, before the first step:
+    the distributed launcher learns the run's id from it, to mark the run FAILED if a rank
+    dies without doing so itself.
     """
     check_root(cfg)
     launch_dir = Path(launch_dir or Path.cwd())
@@ -233,6 +236,8 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
 
     status, reason, state = "FAILED", None, None
     try:
+        if on_start is not None:
+            on_start(tracker)
         if restored is None:
             tracker.log_constants(run.task.constants)
         saver = None
@@ -355,6 +360,11 @@ def _postfix(m: dict) -> dict:
 
 def _finish(cfg, run: Run, tracker, out_dir: Path, status: str, reason: str | None):
     """Artifacts and the terminal status, whatever happened in the loop: no data is lost."""
+    if run.backend.rank != 0:
+        # Only rank 0 records a distributed run; the other ranks would write the same files
+        # (into the same Hydra directory, under torchrun) for nobody to read.
+        tracker.finish(status, reason)
+        return
     try:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         tracker.log_artifact(out_dir / "config.yaml")
