@@ -36,10 +36,16 @@ report: $(BIN)/.stamp
 mlflow-ui: $(BIN)/.stamp
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000
 
+# A tracking server for sweeps with parallel jobs or several machines. The backend store is any
+# SQLAlchemy URI: SQLite here; PostgreSQL with
+#   make mlflow-server MLFLOW_BACKEND=postgresql://user:pass@host/db   (pip install psycopg2-binary)
+# Runs then use tracking.uri=http://127.0.0.1:$(MLFLOW_PORT). The GenAI job runner is switched off.
 MLFLOW_PORT ?= 5050
+MLFLOW_BACKEND ?= sqlite:///$(CURDIR)/mlflow-server.db
 mlflow-server: $(BIN)/.stamp
-	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow-server.db \
-	  --artifacts-destination $(CURDIR)/mlflow-artifacts --host 127.0.0.1 --port $(MLFLOW_PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server \
+	  --backend-store-uri $(MLFLOW_BACKEND) --artifacts-destination $(CURDIR)/mlflow-artifacts \
+	  --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 2
 
 clean:
 	rm -rf $(VENV) outputs multirun mlruns.db mlartifacts .pytest_cache

@@ -174,7 +174,8 @@ class MlflowTracker(NullTracker):
         items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in sorted(params.items())]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             chunk = items[i: i + MAX_PARAMS_PER_BATCH]
-            retry(lambda: self.client.log_batch(self.run_id, params=chunk), "log params")
+            retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk),
+                  "log params")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -200,7 +201,7 @@ class MlflowTracker(NullTracker):
             chunk = self._buffer[:MAX_METRICS_PER_BATCH]
             try:
                 if patient:
-                    retry(lambda: self.client.log_batch(self.run_id, metrics=chunk),
+                    retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk),
                           "log_batch")
                 else:
                     self.client.log_batch(self.run_id, metrics=chunk)
