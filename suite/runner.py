@@ -173,6 +173,7 @@ def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, out_dir: Path,
         run_name=tracking["run_name"] or f"{run.algo_name}-{comp}-K{cfg.workers}-s{cfg.seed}",
         params=params, tags=tags, flush_every=int(tracking.get("flush_every", 5000)),
         fallback_dir=out_dir, resume_run_id=resume_run_id,
+        delivery_timeout_s=float(tracking.get("delivery_timeout_s", 30.0)),
     )
 
 

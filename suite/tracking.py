@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 import urllib.error
 import urllib.request
@@ -142,6 +143,12 @@ class MlflowTracker(NullTracker):
         from mlflow.tracking import MlflowClient
 
         check_reachable(uri)
+        if uri.startswith(("http://", "https://")):
+            # MLflow's HTTP client retries a failed request up to 7 times with exponential
+            # backoff (minutes) inside every call; this tracker does its own retrying and must
+            # not block training that long, so it asks for fewer, shorter tries.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.uri, self.experiment_name = uri, experiment
         self.client = MlflowClient(tracking_uri=uri)
         self.flush_every = flush_every

@@ -1,0 +1,144 @@
+"""A real MLflow tracking server on a loopback port: parallel sweeps, failing fast when it is
+unreachable, and no metric lost when it goes away mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from suite.runner import execute
+from suite.tracking import TrackingDeliveryError, TrackingUnavailable
+from tests.conftest import make_cfg, run_cli
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1 with an SQLite backend store and an artifact root."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    db = root / "server.db"
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"),
+        start_new_session=True)  # its own process group, so stopping it stops its workers
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+
+    def stop():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    yield {"uri": uri, "db": db, "stop": stop}
+    stop()
+
+
+def test_parallel_sweep_against_the_server(server, tmp_path):
+    run_cli("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0,1",
+            "steps=30", "task.l2=0.01", "workers=2", "progress=false",
+            f"tracking.uri={server['uri']}", "tracking.experiment=served", cwd=tmp_path,
+            timeout=600)
+    client = MlflowClient(tracking_uri=server["uri"])
+    exp = client.get_experiment_by_name("served")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        assert len(client.get_metric_history(r.info.run_id, "train/lr")) == 30
+        assert {a.path for a in client.list_artifacts(r.info.run_id)} >= {"config.yaml",
+                                                                          "curves.csv"}
+    assert not (tmp_path / "mlruns.db").exists()  # nothing went to a local store
+
+
+def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    start = time.time()
+    with pytest.raises(TrackingUnavailable, match="unreachable.*make mlflow-server"):
+        execute(make_cfg("tracking=mlflow", f"tracking.uri={uri}", "steps=5"),
+                launch_dir=tmp_path)
+    assert time.time() - start < 20
+
+
+def test_server_lost_mid_run_keeps_every_metric(server, tmp_path):
+    """Stop the server while a run logs to it: the run finishes its steps, keeps what it cannot
+    deliver, saves it to a fallback file, and replaying that file into the store gives
+    complete histories."""
+    steps = 1000
+    cfg = make_cfg("tracking=mlflow", f"tracking.uri={server['uri']}",
+                   "tracking.experiment=dropped", "tracking.flush_every=100",
+                   "tracking.delivery_timeout_s=2", f"steps={steps}", "eval_every=10",
+                   "batch_size=2", "workers=2", "task.l2=0.01")
+    outcome = {}
+
+    def job():
+        try:
+            outcome["result"] = execute(cfg, launch_dir=tmp_path, output_dir=tmp_path / "out")
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    client = MlflowClient(tracking_uri=server["uri"])
+    deadline = time.time() + 120
+    run_id = None
+    while time.time() < deadline and run_id is None:
+        exp = client.get_experiment_by_name("dropped")
+        runs = client.search_runs([exp.experiment_id]) if exp else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "train/lr"):
+            run_id = runs[0].info.run_id
+        time.sleep(0.2)
+    assert run_id is not None, "the run never delivered its first batch"
+    server["stop"]()
+    worker.join(timeout=300)
+    assert isinstance(outcome.get("error"), TrackingDeliveryError), outcome
+    message = str(outcome["error"])
+    assert "nothing is lost" in message
+    fallback = tmp_path / "out" / f"unsent-metrics-{run_id}.jsonl"
+    assert fallback.exists() and str(fallback) in message
+    lines = fallback.read_text().splitlines()
+    assert json.loads(lines[0])["status"] == "FINISHED" and len(lines) > 1
+
+    # the server's store is a plain SQLite file: replay the fallback straight into it
+    replayed = subprocess.run(
+        [sys.executable, "-m", "suite.tracking", "replay", str(fallback), "--tracking-uri",
+         f"sqlite:///{server['db']}"], capture_output=True, text=True, timeout=120)
+    assert replayed.returncode == 0, replayed.stderr
+    store = MlflowClient(tracking_uri=f"sqlite:///{server['db']}")
+    run = store.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    lr_steps = sorted(m.step for m in store.get_metric_history(run_id, "train/lr"))
+    assert lr_steps == list(range(steps))
+    loss_steps = sorted(m.step for m in store.get_metric_history(run_id, "train/loss"))
+    assert loss_steps == list(range(0, steps + 1, 10))
