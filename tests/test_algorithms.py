@@ -373,7 +373,8 @@ def _compose_or_xfail(*overrides):
 
 @pytest.mark.parametrize("algorithm, compressor, batch", [
     ("qsgd", "qsgd", 16), ("terngrad", "terngrad", 16), ("dqgd", "quant_p", "full"),
-    ("diana", "quant_p", 16), ("sgd", "identity", 16),
+    ("diana", "quant_p", 16), ("sgd", "identity", 16), ("ef_sgd", "identity", 16),
+    ("delayed_sgd", "identity", 16), ("local_sgd", "identity", 16),
 ])
 def test_algorithm_options_select_their_default_compressor(algorithm, compressor, batch):
     cfg = _compose_or_xfail(f"algorithm={algorithm}")
