@@ -88,8 +88,13 @@ class Run:
             raise ConfigError(f"task={task_name!r} is not known; allowed: {', '.join(TASKS)}")
         factory = TASKS[task_name]
         bind(factory, "task", task_name, task_kwargs, fixed=("workers", "worker_ids", "device"))
-        self.task = factory(workers=K, worker_ids=self.backend.worker_ids, device=self.device,
-                            **task_kwargs)
+        try:
+            self.task = factory(workers=K, worker_ids=self.backend.worker_ids,
+                                device=self.device, **task_kwargs)
+        except ValueError as exc:
+            # tasks know nothing of the suite: their ValueErrors name the task key; make them
+            # configuration errors so the command line prints one clear line
+            raise ConfigError(str(exc)) from exc
 
         self.batch_size = None if cfg.batch_size == "full" else int(cfg.batch_size)
         smallest = int(min(self.task.shard_sizes))
