@@ -22,7 +22,7 @@ run: $(BIN)/.stamp
 	$(BIN)/commsgd-run
 
 test: $(BIN)/.stamp
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: $(BIN)/.stamp
 	$(BIN)/ruff check .
