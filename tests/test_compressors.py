@@ -227,9 +227,12 @@ def adversarial_inputs(d: int) -> torch.Tensor:
     return torch.stack([onehot, const, gauss, cauchy])
 
 
-@pytest.mark.parametrize("d", [1, 5, 16])
+@pytest.mark.parametrize(
+    "d,dtype", [(1, torch.float64), (16, torch.float64), (5, torch.float32)],
+    ids=["d1", "d16", "d5-float32"],
+)
 @pytest.mark.parametrize("variant", VARIANTS, ids=vid)
-def test_declared_constants_hold_by_monte_carlo(variant, d, mc_streams):
+def test_declared_constants_hold_by_monte_carlo(variant, d, dtype, mc_streams):
     """Unbiasedness and the declared variance / contraction, on adversarial inputs.
 
     Unbiasedness: the mean m of N independent draws has E‖m − x‖² = Var/N ≤ ω‖x‖²/N, so by
@@ -242,6 +245,8 @@ def test_declared_constants_hold_by_monte_carlo(variant, d, mc_streams):
     Several inputs sit exactly at their bound (Quant_2 / QSGD(1) on the constant vector, top-k
     and sign on the one-hot, natural on 4/3), so 5 SE is the only slack there.
     Both checks also allow the float rounding of the wire: relative eps per coordinate.
+    float32 inputs take other code paths (natural's bit arithmetic, float32 probabilities), so
+    one size runs in float32 too; statistics are accumulated in float64 either way.
     """
     name, hp = variant
     if not applicable(variant, d):
@@ -249,10 +254,11 @@ def test_declared_constants_hold_by_monte_carlo(variant, d, mc_streams):
     streams, state = mc_streams
     streams.set_state(state)
     c = build_compressor(name, **hp)
-    xs = adversarial_inputs(d)
+    xs = adversarial_inputs(d).to(dtype)
     batch = xs.repeat_interleave(N, dim=0)  # [4N, d]
     _, y = roundtrip(c, batch, streams)
-    y = y.view(4, N, d)
+    y = y.view(4, N, d).double()
+    xs = xs.double()
     eps = wire_eps(name, hp)
     for x, draws in zip(xs, y, strict=True):
         t = target(name, hp, x.unsqueeze(0)).squeeze(0)
@@ -268,6 +274,36 @@ def test_declared_constants_hold_by_monte_carlo(variant, d, mc_streams):
         else:
             bound = (1 - c.delta(d)) * t_sq
         assert mean_err <= bound + 5 * se + slack, (x, mean_err, bound, se)
+
+
+def test_float32_uniforms_are_multiples_of_2_pow_minus_24():
+    """natural's float32 path turns ⌊u·2^23⌋ into a uniform integer on [0, 2^23); that needs
+    torch's float32 uniforms to be k·2^-24 for k uniform on [0, 2^24), as they are."""
+    u = streams_for(4, seed=1).uniform(250_000).double() * 2.0**24
+    assert torch.equal(u, u.floor())
+    assert u.min() >= 0 and u.max() < 2**24
+    assert abs(float((u.floor().remainder(2) == 1).double().mean()) - 0.5) < 0.005
+
+
+def test_topk_sampled_threshold_path_is_exact():
+    """Large d and small k take the sampled-threshold path; it must select a true top-k (the
+    same multiset of magnitudes as torch.topk) on benign and adversarial rows."""
+    d = 300_000
+    g = torch.Generator().manual_seed(3)
+    periodic = torch.zeros(d)
+    periodic[::4] = 5.0  # aligned with the sampling stride
+    offset = torch.zeros(d)
+    offset[1::4] = torch.rand(d // 4, generator=g) + 1  # invisible to the sample
+    sparse = torch.zeros(d)
+    sparse[[5, 77, 9000]] = torch.tensor([1.0, -3.0, 2.0])
+    rows = [torch.randn(d, generator=g), periodic, offset, sparse, torch.ones(d)]
+    for k in (1, 3, 60, 4000):
+        c = build_compressor("topk", k=k, ratio=None)
+        x = torch.stack(rows)
+        p = c.compress(x, None)
+        got = x.gather(1, p.indices).abs().sort(dim=1, descending=True).values
+        assert torch.equal(got, torch.topk(x.abs(), k, dim=1).values)
+        assert all(len(set(r)) == k for r in p.indices.tolist())
 
 
 def test_terngrad_shared_scale_variance_is_data_dependent(mc_streams):
@@ -452,9 +488,10 @@ def test_qsgd_elias_size_is_below_the_papers_bound_at_s_sqrt_d():
     gauss = torch.randn(16, d, generator=g, dtype=torch.float64)
     student = torch.distributions.StudentT(3.0).sample((16, d)).to(torch.float64)
     for x in (gauss, student):
-        bits = c.entropy_bits(c.compress(x, streams_for(16))).double()
+        p = c.compress(x, streams_for(16))
+        bits = c.entropy_bits(p).double()
         assert float(bits.mean()) <= 2.8 * d + 32
-        assert bool((bits < c.bits(c.compress(x, streams_for(16)))).all())  # beats fixed width
+        assert bool((bits < c.bits(p)).all())  # and beats the fixed-width code
     # Not for every input: a constant vector has every level 1, three bits per coordinate.
     const = torch.ones(1, d)
     assert c.entropy_bits(c.compress(const, streams_for(1))).item() == 3 * d + 32

@@ -23,7 +23,9 @@ def omega_length(n: torch.Tensor) -> torch.Tensor:
     """Length in bits of the Elias omega code of each entry of an integer tensor (entries >= 1,
     < 2^53)."""
     n = n.to(torch.int64)
-    if n.numel() and int(n.min()) < 1:
+    if n.numel() == 0:
+        return n.clone()
+    if int(n.min()) < 1:
         raise ValueError("Elias omega codes positive integers only")
     length = torch.ones_like(n)  # the terminating 0
     while True:

@@ -47,6 +47,36 @@ def _max_exponent(dtype: torch.dtype) -> int:
     return 15 if dtype == torch.float16 else 127
 
 
+def _codes_float32(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """9-bit codes of float32 x by integer arithmetic on its bits.
+
+    R = ⌊u·2^23⌋ is uniform on [0, 2^23) (torch's float32 uniforms are multiples of 2^-24, a
+    test checks it). Adding R to x's bits carries out of the 23-bit mantissa m into the exponent
+    exactly when R >= 2^23 − m, with probability m/2^23 = (|t| − 2^e)/2^e: the natural rounding.
+    The same carry turns a subnormal (exponent 0) into 2^-126 with probability |t|·2^126, and
+    leaves 0 at code 0. Shifting right by 23 leaves sign and exponent: the 9-bit code.
+    """
+    field = u.mul_(2.0**23).to(torch.int32)
+    field.add_(x.view(torch.int32))
+    return field.bitwise_right_shift_(23).bitwise_and_(0x1FF).to(torch.int16)
+
+
+def _codes_float64(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """9-bit codes of float64 x from frexp: x = mantissa·2^E, mantissa ∈ [0.5, 1)."""
+    a = x.abs()
+    mantissa, exponent = torch.frexp(a)
+    code = exponent.to(torch.int16) + (_EXP_BIAS - 1)  # code of the power just below |x|
+    prob = mantissa.mul_(2.0).sub_(1.0)  # (|x| − 2^e)/2^e, exact
+    # Below float32's normal range, or zero (frexp(0) = (0, 0) would read as code 126):
+    # round between 0 (code 0) and 2^-126 (code 1) with probability |t|·2^126 (exact).
+    tiny = (code < 1) | (a == 0)
+    if bool(tiny.any()):
+        prob = torch.where(tiny, a * 2.0**126, prob)
+        code = torch.where(tiny, torch.zeros_like(code), code)
+    code += u < prob
+    return torch.where(x < 0, code | 256, code)
+
+
 def natural() -> Compressor:
     def check_dim(d: int) -> None:
         require_dim(d)
@@ -55,31 +85,24 @@ def natural() -> Compressor:
         check_finite(x, "natural")
         w, d = x.shape
         check_dim(d)
-        ct = compute_dtype(x.dtype)
-        a = x.to(ct).abs()
         top = _max_exponent(x.dtype)
-        if bool((a > 2.0**top).any()):
+        biggest = max(float(x.amax()), -float(x.amin()))  # max |x|, without a |x| temporary
+        if biggest > 2.0**top:
             raise CompressorError(
-                f"natural: |x| = {a.max().item():.6g} exceeds 2^{top}; rounding it up to a power "
-                f"of two would leave the range of the wire format / {x.dtype}"
+                f"natural: |x| = {biggest:.6g} exceeds 2^{top}; rounding it up to a power of two "
+                f"would leave the range of the wire format / {x.dtype}"
             )
-        mantissa, exponent = torch.frexp(a)  # a = mantissa·2^exponent, mantissa ∈ [0.5, 1)
-        code = exponent.to(torch.int16) + (_EXP_BIAS - 1)  # code of the power just below a
-        prob = mantissa.mul_(2.0).sub_(1.0)  # (a − 2^e)/2^e, exact
-        # Below float32's normal range, or zero (frexp(0) = (0, 0) would read as code 126):
-        # round between 0 (code 0) and 2^-126 (code 1) with probability |t|·2^126 (exact).
-        tiny = (code < 1) | (a == 0)
-        if bool(tiny.any()):
-            prob = torch.where(tiny, a * 2.0**126, prob)
-            code = torch.where(tiny, torch.zeros_like(code), code)
-        u = streams.uniform(d, dtype=ct)
-        code += u < prob
-        return NaturalPayload(torch.where(x < 0, code | 256, code), x.dtype)
+        u = streams.uniform(d, dtype=compute_dtype(x.dtype))
+        if x.dtype == torch.float64:
+            return NaturalPayload(_codes_float64(x, u), x.dtype)
+        return NaturalPayload(_codes_float32(x.to(torch.float32), u), x.dtype)
 
     def decompress(p: NaturalPayload) -> torch.Tensor:
-        code = (p.codes & 255).to(torch.int32)
-        magnitude = (code << 23).view(torch.float32)  # 2^(c − 127), and 0.0 for c = 0
-        return torch.where(p.codes >= 256, -magnitude, magnitude).to(p.out_dtype)
+        # (negative << 8 | c) << 23 is float32's sign bit and exponent field, mantissa zero:
+        # exactly ±2^(c − 127), and ±0.0 for c = 0. (torch shifts signed ints as unsigned, so
+        # the sign landing in bit 31 is well defined.)
+        bits32 = p.codes.to(torch.int32).bitwise_left_shift_(23)
+        return bits32.view(torch.float32).to(p.out_dtype)
 
     def encode(p: NaturalPayload) -> list[bytes]:
         return bitpack.join_rows(bitpack.pack_fields(p.codes.to(torch.int64), WIDTH))

@@ -40,12 +40,10 @@ from .params import optional_int, require_dim, require_int
 from .quantize import (
     block_norms,
     compute_dtype,
-    from_blocks,
     int_dtype_for,
     num_blocks,
     scale_blocks,
     stochastic_levels,
-    to_blocks,
     wire_scale,
 )
 
@@ -82,11 +80,11 @@ def qsgd(*, levels: int = 4, bucket_size: int | None = None) -> Compressor:
         check_dim(d)
         ct = compute_dtype(x.dtype)
         _, B = num_blocks(d, bucket)
-        xb = to_blocks(x.to(ct), B)
-        norms = wire_scale(block_norms(xb, 2.0), x.dtype, "qsgd: a bucket's l2 norm")
-        u = to_blocks(streams.uniform(d, dtype=ct), B)
-        signed = stochastic_levels(xb, norms.to(ct), u, s, level_dtype)
-        return QSGDPayload(norms, from_blocks(signed, d), x.dtype)
+        xc = x.to(ct)
+        norms = wire_scale(block_norms(xc, B, 2.0), x.dtype, "qsgd: a bucket's l2 norm")
+        u = streams.uniform(d, dtype=ct)
+        signed = stochastic_levels(xc, norms.to(ct), B, u, s, level_dtype)
+        return QSGDPayload(norms, signed, x.dtype)
 
     def decompress(p: QSGDPayload) -> torch.Tensor:
         ct = compute_dtype(p.out_dtype)
@@ -95,8 +93,12 @@ def qsgd(*, levels: int = 4, bucket_size: int | None = None) -> Compressor:
         return scale_blocks(p.levels, p.norms.to(ct) / s, B).to(p.out_dtype)
 
     def encode(p: QSGDPayload) -> list[bytes]:
-        lv = p.levels.detach().cpu().to(torch.int64)
-        fields = ((lv < 0).to(torch.int64) << level_bits) | lv.abs()
+        lv = p.levels.detach().cpu()
+        # the field (negative << level_bits | ζ) fits the levels' own dtype except when the
+        # sign bit lands on its top bit (e.g. s = 127 in int8): widen only then
+        fdt = lv.dtype if width < torch.iinfo(lv.dtype).bits else torch.int64
+        lv = lv.to(fdt)
+        fields = ((lv < 0).to(fdt) << level_bits) | lv.abs()
         return bitpack.join_rows(
             bitpack.floats_to_bytes(p.norms), bitpack.pack_fields(fields, width)
         )
@@ -116,21 +118,17 @@ def qsgd(*, levels: int = 4, bucket_size: int | None = None) -> Compressor:
         return torch.full((w,), 32 * p.norms.shape[1] + d * width, dtype=torch.int64)
 
     def entropy_bits(p: QSGDPayload) -> torch.Tensor:
-        lv = p.levels.detach().cpu().to(torch.int64)
-        w, d = lv.shape
-        nonzero = lv != 0
-        pos = torch.arange(d, dtype=torch.int64).expand(w, d)
-        # latest nonzero position strictly before j (-1 if none): the run length to code at j
-        last = torch.where(nonzero, pos, torch.full_like(pos, -1)).cummax(dim=1).values
-        prev = torch.cat([torch.full((w, 1), -1, dtype=torch.int64), last[:, :-1]], dim=1)
-        one = torch.ones_like(lv)
-        per_coord = (
-            omega_length(torch.where(nonzero, pos - prev, one))
-            + 1
-            + omega_length(torch.where(nonzero, lv.abs(), one))
-        )
-        body = torch.where(nonzero, per_coord, torch.zeros_like(per_coord)).sum(dim=1)
-        return 32 * p.norms.shape[1] + body
+        lv = p.levels.detach()
+        w = lv.shape[0]
+        rows, cols = lv.nonzero(as_tuple=True)  # row-major: each row's nonzeros in order
+        # distance from the previous nonzero of the same row; the first one's is its 1-based
+        # position (distance from a virtual nonzero at -1)
+        prev = torch.full_like(cols, -1)
+        same_row = rows[1:] == rows[:-1]
+        prev[1:] = torch.where(same_row, cols[:-1], prev[1:])
+        per_nonzero = omega_length(cols - prev) + 1 + omega_length(lv[rows, cols].abs())
+        body = torch.zeros(w, dtype=torch.int64, device=lv.device).index_add_(0, rows, per_nonzero)
+        return (32 * p.norms.shape[1] + body).cpu()
 
     return Compressor(
         name="qsgd",

@@ -29,10 +29,8 @@ from .params import optional_int, parse_p, require_dim
 from .quantize import (
     block_norms,
     compute_dtype,
-    from_blocks,
     num_blocks,
     ternary,
-    to_blocks,
     wire_scale,
 )
 from .ternary import TernaryPayload, make_wire
@@ -59,11 +57,11 @@ def quant_p(*, p=2, block_size: int | None = None) -> Compressor:
         check_dim(d)
         ct = compute_dtype(x.dtype)
         _, B = num_blocks(d, block)
-        xb = to_blocks(x.to(ct), B)
-        norms = wire_scale(block_norms(xb, order), x.dtype, f"quant_p: a block's l{p} norm")
-        u = to_blocks(streams.uniform(d, dtype=ct), B)
-        trits = ternary(xb, norms.to(ct), u)
-        return TernaryPayload(norms, from_blocks(trits, d), x.dtype)
+        xc = x.to(ct)
+        norms = wire_scale(block_norms(xc, B, order), x.dtype, f"quant_p: a block's l{p} norm")
+        u = streams.uniform(d, dtype=ct)
+        trits = ternary(xc, norms.to(ct), B, u)
+        return TernaryPayload(norms, trits, x.dtype)
 
     decompress, encode, decode, bits, entropy_bits = make_wire(block)
 

@@ -9,9 +9,9 @@ Three decisions live here so that every quantizer makes them the same way:
    reconstruction scale·ξ_j has mean exactly |x_j| for the scale the receiver sees: rounding
    the scale costs no bias. Rounding to nearest could push a probability above 1 and clip it.
 3. Randomness. One uniform per coordinate from the worker's own stream, and ξ_j = [u_j < p_j].
-   With one draw per coordinate drawn the same way, QSGD(s=1) and Quant_2 (and TernGrad
-   without clipping and Quant_∞) give identical outputs from identical streams (THEORY.md §1,
-   "Special cases"); the tests check that equality exactly.
+   All three compressors run the same kernel (`stochastic_levels`), so QSGD(s=1) and Quant_2
+   (and TernGrad without clipping and Quant_∞) give identical outputs from identical streams
+   (THEORY.md §1, "Special cases"); the tests check that equality exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .base import CompressorError
 
@@ -66,26 +65,30 @@ def num_blocks(d: int, block: int | None) -> tuple[int, int]:
     return -(-d // B), B
 
 
-def to_blocks(x: torch.Tensor, B: int) -> torch.Tensor:
-    """[w, d] -> [w, m, B], zero-padding the last block (zeros change no norm and quantize to
-    zero). A view when B divides d."""
-    w, d = x.shape
-    pad = -d % B
-    if pad:
-        x = F.pad(x, (0, pad))
-    return x.view(w, -1, B)
+def split_blocks(t: torch.Tensor, B: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Views of [w, d] as its full blocks [w, d // B, B] and the shorter last block [w, d % B]
+    (None where empty). Views, not a padded copy: on a large vector every copy costs as much
+    as the whole quantization step."""
+    w, d = t.shape
+    full = d // B * B
+    main = t[:, :full].unflatten(1, (d // B, B)) if full else None
+    tail = t[:, full:] if full < d else None
+    return main, tail
 
 
-def from_blocks(xb: torch.Tensor, d: int) -> torch.Tensor:
-    w = xb.shape[0]
-    return xb.reshape(w, -1)[:, :d]
+def _lp(t: torch.Tensor, p: float, dim: int) -> torch.Tensor:
+    if p == math.inf:  # max |x| from two reductions, without a |x| temporary
+        return torch.maximum(t.amax(dim=dim), t.amin(dim=dim).neg())
+    return torch.linalg.vector_norm(t, ord=p, dim=dim)
 
 
-def block_norms(xb: torch.Tensor, p: float) -> torch.Tensor:
-    """‖x_l‖_p per block, [w, m]: p = inf is max |x_j|, p = 1 the sum of |x_j|."""
-    if p == math.inf:
-        return xb.abs().amax(dim=2)
-    return torch.linalg.vector_norm(xb, ord=p, dim=2)
+def block_norms(x: torch.Tensor, B: int, p: float) -> torch.Tensor:
+    """‖x_l‖_p per block of length B (the last may be shorter), [w, m]; p = inf: max |x_j|."""
+    main, tail = split_blocks(x, B)
+    parts = [] if main is None else [_lp(main, p, 2)]
+    if tail is not None:
+        parts.append(_lp(tail, p, 1).unsqueeze(1))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
 
 def _positive(scale: torch.Tensor) -> torch.Tensor:
@@ -93,43 +96,60 @@ def _positive(scale: torch.Tensor) -> torch.Tensor:
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
-def ternary(xb: torch.Tensor, scale: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """sign(x_j)·ξ_j with ξ_j = [u_j < |x_j|/scale_l], as int8 in {-1, 0, 1}.
-
-    xb, u: [w, m, B] in the compute dtype; scale: [w, m], in the compute dtype, already the
-    float32 wire value (>= max |x_j| of its block, so probabilities are <= 1; the clamp only
-    absorbs last-ulp rounding of computed p-norms).
-    """
-    prob = xb.abs().div_(_positive(scale).unsqueeze(2)).clamp_(max=1.0)
-    xi = (u < prob).to(torch.int8)
-    return torch.where(xb < 0, -xi, xi)
+def _per_block(op, x: torch.Tensor, scales: torch.Tensor, B: int, out: torch.Tensor) -> None:
+    """out = op(x, scale of x's block), block by block, into `out` (contiguous, like x)."""
+    xm, xt = split_blocks(x, B)
+    om, ot = split_blocks(out, B)
+    if xm is not None:
+        op(xm, scales[:, : xm.shape[1]].unsqueeze(2), out=om)
+    if xt is not None:
+        op(xt, scales[:, -1:], out=ot)
 
 
 def stochastic_levels(
-    xb: torch.Tensor, scale: torch.Tensor, u: torch.Tensor, s: int, int_dtype: torch.dtype
+    x: torch.Tensor, scales: torch.Tensor, B: int, u: torch.Tensor, s: int, int_dtype
 ) -> torch.Tensor:
-    """QSGD's signed levels sign(x_j)·ζ_j, ζ_j = ⌊r_j⌋ + [u_j < r_j − ⌊r_j⌋], r_j = s|x_j|/‖x‖.
+    """Signed levels sign(x_j)·ζ_j, ζ_j = ⌊r_j⌋ + [u_j < r_j − ⌊r_j⌋], r_j = s|x_j|/scale_l.
 
-    Same inputs as `ternary`. For s = 1 this is exactly `ternary` with the same u: r_j ∈ [0, 1],
-    and ⌊r⌋ + [u < r − ⌊r⌋] = [u < r] both when r < 1 and when r = 1 (u < 1 always).
+    x, u: [w, d] in the compute dtype; scales: [w, m], one per block of length B, the float32
+    wire scales converted to the compute dtype (>= the block's norm, so |r_j| <= s; the clamp
+    only absorbs last-ulp rounding of a computed p-norm). `u` is overwritten: it is this
+    call's scratch space.
+
+    Worked on the signed ratio r = s·x/scale: trunc(r) is sign·⌊|r|⌋, r − trunc(r) is the
+    signed fractional part (exact in floating point), and |ζ| goes up by one when u is below
+    the fraction's magnitude: u < frac for x > 0, frac < −u for x < 0. That is QSGD's rule
+    on |x| with the sign reattached, in two comparisons and one scratch tensor, because on a
+    large vector every fresh temporary costs about as much as a copy of x.
     """
-    r = xb.abs().div_(_positive(scale).unsqueeze(2))
+    r = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _per_block(torch.div, x, _positive(scales), B, r)
     if s != 1:
         r.mul_(s)
-    r.clamp_(max=float(s))
-    level = r.floor()
-    level += u < r.sub_(level)
-    level = level.to(int_dtype)
-    return torch.where(xb < 0, -level, level)
+    r.clamp_(-s, s)
+    level = r.to(int_dtype)  # truncation toward zero
+    r.frac_()  # r − trunc(r)
+    up = u < r
+    down = r < u.neg_()
+    if int_dtype == torch.int8:  # bool and int8 have one byte: add without a conversion
+        level.add_(up.view(torch.int8)).sub_(down.view(torch.int8))
+    else:
+        level.add_(up.to(int_dtype)).sub_(down.to(int_dtype))
+    return level
+
+
+def ternary(x: torch.Tensor, scales: torch.Tensor, B: int, u: torch.Tensor) -> torch.Tensor:
+    """sign(x_j)·ξ_j with ξ_j = [u_j < |x_j|/scale_l], as int8 in {-1, 0, 1}: the s = 1 case
+    of `stochastic_levels` (for |r| <= 1, ⌊|r|⌋ + [u < frac] = [u < |r|], also at |r| = 1).
+    Sharing the kernel is what makes QSGD(s=1) ≡ Quant_2 and TernGrad ≡ Quant_∞ exact."""
+    return stochastic_levels(x, scales, B, u, 1, torch.int8)
 
 
 def scale_blocks(values: torch.Tensor, scales: torch.Tensor, B: int) -> torch.Tensor:
-    """values [w, d] times their block's scale ([w, m]), in the dtype of `scales`."""
-    w, d = values.shape
-    v = values.to(scales.dtype)
-    if scales.shape[1] == 1:
-        return v * scales
-    return from_blocks(to_blocks(v, B) * scales.unsqueeze(2), d)
+    """values [w, d] (integers) times their block's scale ([w, m]), in the dtype of `scales`."""
+    v = values.to(scales.dtype, memory_format=torch.contiguous_format)
+    _per_block(torch.mul, v, scales, B, v)
+    return v
 
 
 def int_dtype_for(max_abs: int) -> torch.dtype:

@@ -30,7 +30,7 @@ import torch
 
 from .base import Compressor, CompressorError, check_finite
 from .params import optional_positive_float, require_dim
-from .quantize import compute_dtype, from_blocks, ternary, wire_scale
+from .quantize import block_norms, compute_dtype, ternary, wire_scale
 from .ternary import TernaryPayload, make_wire
 
 
@@ -41,7 +41,12 @@ def terngrad_clip(g: torch.Tensor, clip: float | None) -> torch.Tensor:
         return g
     sigma = g.std(dim=1, correction=0, keepdim=True)
     bound = torch.where(sigma > 0, clip * sigma, torch.full_like(sigma, math.inf))
-    return torch.minimum(torch.maximum(g, -bound), bound)
+    return torch.clamp(g, min=-bound, max=bound)
+
+
+def max_abs(g: torch.Tensor) -> torch.Tensor:
+    """max_j |g_j| per worker, [w], as DIANA's Quant_∞ computes it (so the two agree exactly)."""
+    return block_norms(g, g.shape[1], math.inf).squeeze(1)
 
 
 def terngrad(*, clip: float | None = None) -> Compressor:
@@ -56,7 +61,7 @@ def terngrad(*, clip: float | None = None) -> Compressor:
     def local_scale(x: torch.Tensor) -> torch.Tensor:
         """This worker's float32 max |clip(g)_j|, rounded up: [w]."""
         check_finite(x, "terngrad")
-        return wire_scale(clipped(x).abs().amax(dim=1), x.dtype, "terngrad: max |g|")
+        return wire_scale(max_abs(clipped(x)), x.dtype, "terngrad: max |g|")
 
     def compress(x: torch.Tensor, streams, scale: torch.Tensor | None = None) -> TernaryPayload:
         check_finite(x, "terngrad")
@@ -64,7 +69,7 @@ def terngrad(*, clip: float | None = None) -> Compressor:
         check_dim(d)
         ct = compute_dtype(x.dtype)
         g = clipped(x)
-        own = g.abs().amax(dim=1)
+        own = max_abs(g)
         if scale is None:
             s32 = wire_scale(own, x.dtype, "terngrad: max |g|")
         else:
@@ -83,8 +88,8 @@ def terngrad(*, clip: float | None = None) -> Compressor:
                     "over all workers of local_scale(g)"
                 )
         u = streams.uniform(d, dtype=ct)
-        trits = ternary(g.unsqueeze(1), s32.to(ct).unsqueeze(1), u.unsqueeze(1))
-        return TernaryPayload(s32.unsqueeze(1), from_blocks(trits, d), x.dtype)
+        trits = ternary(g, s32.to(ct).unsqueeze(1), d, u)
+        return TernaryPayload(s32.unsqueeze(1), trits, x.dtype)
 
     decompress, encode, decode, bits, entropy_bits = make_wire(None)
 

@@ -1,0 +1,101 @@
+"""Throughput of every compressor: compress+decompress and encode, against torch.clone.
+
+    python benchmarks/bench_compressors.py           # [1, 25M] and [16, 1M] float32
+    python benchmarks/bench_compressors.py --quick   # [1, 2.5M] and [16, 100k]
+
+Throughput is input bytes / seconds (best of `--reps` timed runs after one warm-up, so page
+faults and allocator growth are not counted). The reference is `x.clone()` of the same tensor in
+the same run: a read and a write of every byte, i.e. the memory bandwidth a compressor that
+touches its input once could reach. The target is compress+decompress at >= 20% of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout too
+
+from suite.compressors import build_compressor  # noqa: E402
+from suite.rng import WorkerStreams  # noqa: E402
+
+VARIANTS = [
+    ("identity", {}),
+    ("identity", {"width": 16}),
+    ("qsgd", {"levels": 4}),
+    ("qsgd", {"levels": 4, "bucket_size": 512}),
+    ("terngrad", {}),
+    ("terngrad", {"clip": 2.5}),
+    ("quant_p", {"p": 2}),
+    ("quant_p", {"p": "inf", "block_size": 512}),
+    ("topk", {"ratio": 0.01}),
+    ("randk", {"ratio": 0.01}),
+    ("sign", {}),
+    ("natural", {}),
+]
+
+TARGET = 0.20
+
+
+def label(name: str, hp: dict) -> str:
+    return name + "".join(f" {k}={v}" for k, v in hp.items())
+
+
+def best_time(fn, reps: int) -> float:
+    fn()  # warm-up: first-touch page faults, allocator growth
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="10x smaller inputs")
+    ap.add_argument("--reps", type=int, default=2, help="timed repetitions (best is kept)")
+    ap.add_argument("--no-encode", action="store_true", help="skip timing encode")
+    args = ap.parse_args()
+
+    scale = 10 if args.quick else 1
+    shapes = [(1, 25_000_000 // scale), (16, 1_000_000 // scale)]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 input, "
+          f"best of {args.reps} after a warm-up")
+    header = ("| compressor | shape | compress+decompress GB/s | ratio to clone | encode GB/s "
+              "| bits/coord |")
+    for w, d in shapes:
+        x = torch.randn(w, d, generator=torch.Generator().manual_seed(0))
+        nbytes = x.numel() * x.element_size()
+        t_clone = best_time(lambda x=x: x.clone(), max(3, args.reps))
+        clone_gbs = nbytes / t_clone / 1e9
+        print(f"\n[{w}, {d:_}]: torch.clone {clone_gbs:.2f} GB/s ({t_clone * 1e3:.1f} ms)\n")
+        print(header)
+        print("|---|---|---:|---:|---:|---:|")
+        for name, hp in VARIANTS:
+            c = build_compressor(name, **hp)
+            streams = WorkerStreams(0, "bench", list(range(w)))
+
+            def step(c=c, streams=streams, x=x):
+                return c.decompress(c.compress(x, streams))
+
+            t = best_time(step, args.reps)
+            payload = c.compress(x, streams)
+            bits = float(c.bits(payload).double().mean()) / d
+            if args.no_encode:
+                enc = "-"
+            else:
+                t_enc = best_time(lambda c=c, p=payload: c.encode(p), 1)
+                enc = f"{nbytes / t_enc / 1e9:.2f}"
+            ratio = (nbytes / t / 1e9) / clone_gbs
+            flag = "" if ratio >= TARGET else " (below 20%)"
+            print(f"| {label(name, hp)} | [{w}, {d:_}] | {nbytes / t / 1e9:.2f} | "
+                  f"{ratio:.2f}{flag} | {enc} | {bits:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
