@@ -10,8 +10,20 @@ from .simulated import SimulatedBackend
 
 
 def make_backend(hardware: dict, workers: int, device):
-    """The backend for a hardware option: simulated unless the hardware is distributed."""
-    return SimulatedBackend(workers, device)
+    """The backend for a hardware option: distributed when the option names a torch.distributed
+    backend (`hardware.backend`: gloo or nccl, as multi_cpu and multi_gpu do), else simulated.
+
+    Called inside a rank: it joins the process group described by the environment (torchrun's
+    or suite.launch's RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) unless one is already up.
+    """
+    if not hardware.get("backend"):
+        return SimulatedBackend(workers, device)
+    from .distributed import DistributedBackend, check_hardware, ensure_process_group
+
+    check_hardware(hardware, workers)
+    ensure_process_group(hardware)
+    return DistributedBackend(workers, device,
+                              dense_collective=hardware.get("dense_collective", "all_reduce"))
 
 
 __all__ = ["SimulatedBackend", "make_backend"]

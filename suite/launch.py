@@ -1,0 +1,360 @@
+"""Running a job on its hardware: in this process, as one torch.distributed rank, or by
+starting hardware.world_size ranks on this host and supervising them.
+
+    execute_job(cfg, ...)
+      simulated hardware (cpu, gpu)        runner.execute in this process
+      multi_* under torchrun (RANK set)    this process is one rank: runner.execute
+      multi_* otherwise                    spawn world_size ranks (torch.multiprocessing), wait,
+                                           return rank 0's result
+
+Only rank 0 records the run in MLflow (the runner gives the other ranks a NullTracker). The
+launcher's own duties are the ones no rank can do for itself:
+
+- Refuse a job that cannot run (workers not divisible by world_size, ...) before starting any.
+- When a rank fails, give the others the process-group timeout (plus a short grace) to notice
+  and exit on their own, so that rank 0 can close its run; then stop the rest (SIGTERM, then
+  SIGKILL). Report which rank failed first and why, and make sure the MLflow run ends FAILED
+  even when rank 0 died before it could say so.
+- Children exit when the launcher dies: the kernel sends them SIGTERM (PR_SET_PDEATHSIG, Linux)
+  and a watchdog thread ends them if the launcher has gone for longer than the timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from multiprocessing.connection import wait as wait_for_exit
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from suite.config import ConfigError
+
+MASTER_ADDR = "127.0.0.1"
+# After a rank fails, the others get the process-group timeout plus this to exit by themselves
+# (a collective with a dead peer raises at once with gloo; at the latest at the timeout).
+GRACE_S = 10.0
+# Between SIGTERM and SIGKILL when ranks must be stopped.
+TERM_WAIT_S = 5.0
+
+
+class RankTerminated(BaseException):
+    """SIGTERM in a rank: raised so that the run is closed (FAILED) on the way out.
+    A BaseException, so that no `except Exception` on the way swallows it."""
+
+
+# -- entry point --------------------------------------------------------------------------------
+def is_distributed(cfg: DictConfig) -> bool:
+    return bool(cfg.hardware.get("backend"))
+
+
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def is_primary() -> bool:
+    """Whether this process speaks for the job (prints the summary): not a torchrun rank > 0."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def execute_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path,
+                sweep_id: str | None = None):
+    """Run one job on its hardware; returns the runner's RunResult (rank 0's, when spawned)."""
+    from suite.runner import execute
+
+    if not is_distributed(cfg):
+        return execute(cfg, launch_dir=launch_dir, output_dir=output_dir, sweep_id=sweep_id)
+    check_job(cfg)
+    if under_torchrun():
+        with _sigterm_raises():
+            return execute(cfg, launch_dir=launch_dir, output_dir=output_dir, sweep_id=sweep_id)
+    return spawn(cfg, launch_dir=launch_dir, output_dir=output_dir, sweep_id=sweep_id)
+
+
+def check_job(cfg: DictConfig) -> None:
+    """What can be refused before any rank starts."""
+    from suite.backends.distributed import check_hardware
+
+    check_hardware(OmegaConf.to_container(cfg.hardware, resolve=True), cfg.workers)
+    # Checkpoints hold one process's workers; a rank's file would clobber the others'.
+    if cfg.get("checkpoint_every") or cfg.get("checkpoint_path") or cfg.get("resume"):
+        raise ConfigError(
+            f"hardware={cfg.hardware.name}: resume, checkpoint_every and checkpoint_path are "
+            "not supported on distributed hardware yet (each rank holds different workers' "
+            "state); unset them or use hardware=cpu")
+
+
+# -- the launching process ----------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((MASTER_ADDR, 0))
+        return s.getsockname()[1]
+
+
+def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str | None):
+    """Start hardware.world_size ranks on this host, wait for them, return rank 0's result."""
+    import torch.multiprocessing as mp
+
+    hw = cfg.hardware
+    world_size, timeout_s = int(hw.world_size), float(hw.timeout_s)
+    port = hw.master_port or free_port()
+    report_dir = Path(tempfile.mkdtemp(prefix="commsgd-launch-"))
+    spec = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True),
+        "launch_dir": str(launch_dir), "output_dir": str(output_dir), "sweep_id": sweep_id,
+        "world_size": world_size, "port": port, "timeout_s": timeout_s,
+        "report_dir": str(report_dir), "parent_pid": os.getpid(),
+    }
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_rank_main, args=(rank, spec), name=f"commsgd-rank{rank}",
+                         daemon=True) for rank in range(world_size)]
+    try:
+        for p in procs:
+            p.start()
+        print(f"commsgd: started {world_size} ranks ({hw.backend} on {MASTER_ADDR}:{port}), "
+              f"pids {' '.join(str(p.pid) for p in procs)}", file=sys.stderr, flush=True)
+        try:
+            failed, stopped = _supervise(procs, timeout_s, report_dir)
+        except KeyboardInterrupt:
+            # Pass Ctrl-C on (a terminal sends it to every rank already, `kill -INT` to the
+            # launcher does not) and give rank 0 a moment to close its run as KILLED.
+            for p in procs:
+                if p.is_alive():
+                    os.kill(p.pid, signal.SIGINT)
+            _wait_all(procs, GRACE_S)
+            _stop(procs)
+            _close_run(report_dir, "KILLED", "interrupted (KeyboardInterrupt)", None)
+            raise
+        return _outcome(procs, failed, stopped, report_dir, timeout_s)
+    finally:
+        _stop(procs)
+        shutil.rmtree(report_dir, ignore_errors=True)
+
+
+def _supervise(procs, timeout_s: float, report_dir: Path) -> tuple[list[int], list[int]]:
+    """Wait for every rank. Returns (ranks that exited non-zero, in the order they did; ranks
+    still running at the deadline, which starts at the first failure)."""
+    pending = {p.sentinel: rank for rank, p in enumerate(procs)}
+    failed: list[int] = []
+    deadline = None
+    while pending:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = wait_for_exit(list(pending), timeout=timeout)
+        if not ready:
+            break  # past the deadline
+        batch = [pending.pop(sentinel) for sentinel in ready]
+        for rank in batch:
+            procs[rank].join()
+        # Ranks that exited together: the one that died without a report (os._exit, a signal)
+        # or raised first is more likely the cause than the ones whose collectives then broke.
+        batch_failed = sorted((r for r in batch if procs[r].exitcode != 0),
+                              key=lambda r: _failure_time(report_dir, r))
+        failed.extend(batch_failed)
+        if batch_failed and deadline is None:
+            deadline = time.monotonic() + timeout_s + GRACE_S
+    stopped = sorted(pending.values())
+    _stop([procs[r] for r in stopped])
+    return failed, stopped
+
+
+def _failure_time(report_dir: Path, rank: int) -> float:
+    report = _read(report_dir / f"rank{rank}.json")
+    if report is None or "error" not in report:
+        return -math.inf
+    return report["error"]["time"]
+
+
+def _wait_all(procs, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    for p in procs:
+        p.join(max(0.0, end - time.monotonic()))
+
+
+def _stop(procs) -> None:
+    """SIGTERM every live rank, then SIGKILL what is left after TERM_WAIT_S."""
+    live = [p for p in procs if p.pid is not None and p.is_alive()]
+    for p in live:
+        p.terminate()
+    _wait_all(live, TERM_WAIT_S)
+    for p in live:
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(rank: int, proc, report: dict | None) -> str:
+    if report is not None and "error" in report:
+        return f"rank {rank} (pid {proc.pid}): {report['error']['summary']}"
+    code = proc.exitcode
+    if code is not None and code < 0:
+        how = f"killed by signal {signal.Signals(-code).name}"
+    else:
+        how = f"exited with code {code} without a Python exception (os._exit, a crash or OOM)"
+    return f"rank {rank} (pid {proc.pid}): {how}"
+
+
+def _outcome(procs, failed, stopped, report_dir: Path, timeout_s: float):
+    from suite.runner import RunResult
+
+    reports = [_read(report_dir / f"rank{r}.json") for r in range(len(procs))]
+    started = _read(report_dir / "started.json")
+    if not failed and not stopped:
+        res = reports[0]["result"]
+        return RunResult(res["status"], res["final"], res["run_id"], res["tracking_uri"],
+                         res["experiment"], reason=res["reason"])
+    errors = [r["error"] for r in reports if r and "error" in r]
+    if started is None and errors and all(e["user_error"] for e in errors):
+        # every rank refused the config before a run was recorded: report it as the CLI
+        # reports any bad config, once
+        raise _user_error(errors[0])
+    parts = [f"{_describe(r, procs[r], reports[r])}" for r in failed]
+    parts += [f"rank {r} (pid {procs[r].pid}): still running {timeout_s + GRACE_S:g} s after "
+              "the first failure; stopped" for r in stopped]
+    reason = f"rank {failed[0] if failed else stopped[0]} failed first; " + "; ".join(parts)
+    print(f"commsgd: distributed job failed: {reason}", file=sys.stderr, flush=True)
+    _close_run(report_dir, "FAILED", reason, failed[0] if failed else stopped[0])
+    return RunResult("FAILED", {}, started and started["run_id"],
+                     started and started["tracking_uri"], started and started["experiment"],
+                     reason=reason)
+
+
+def _user_error(error: dict) -> Exception:
+    from suite.cli import USER_ERRORS
+
+    for cls in USER_ERRORS:
+        if cls.__name__ == error["type"]:
+            try:
+                return cls(error["message"])
+            except TypeError:
+                break
+    return ConfigError(error["message"])
+
+
+def _close_run(report_dir: Path, status: str, reason: str, failed_rank: int | None) -> None:
+    """Mark rank 0's MLflow run with the job's outcome: a dead rank 0 cannot do it."""
+    started = _read(report_dir / "started.json")
+    if started is None or started.get("run_id") is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=started["tracking_uri"])
+    tags = {"failure": reason[:5000]}
+    if failed_rank is not None:
+        tags["distributed.failed_rank"] = str(failed_rank)
+    for key, value in tags.items():
+        client.set_tag(started["run_id"], key, value)
+    client.set_terminated(started["run_id"], status=status)
+
+
+# -- one rank (a spawned child) -----------------------------------------------------------------
+def _rank_main(rank: int, spec: dict) -> None:
+    """The body of a spawned rank: join the group, run the job, report, exit."""
+    _exit_with_parent(spec["parent_pid"], spec["timeout_s"])
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    world_size = spec["world_size"]
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR=MASTER_ADDR,
+                      MASTER_PORT=str(spec["port"]))
+    report_dir = Path(spec["report_dir"])
+    report: dict = {"rank": rank}
+    code = 1
+    try:
+        import torch
+
+        from suite.runner import execute
+
+        cfg = OmegaConf.create(spec["cfg"])
+        if cfg.hardware.get("threads") is None:
+            # the ranks share this host's cores; torch would give each of them all of them
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        # ranks other than 0 record nothing (runner._finish); their directory is scratch
+        out = Path(spec["output_dir"]) if rank == 0 else report_dir / f"rank{rank}"
+        on_start = (lambda tracker: _write(report_dir / "started.json", {
+            "run_id": tracker.run_id, "tracking_uri": tracker.uri,
+            "experiment": tracker.experiment_name})) if rank == 0 else None
+        result = execute(cfg, launch_dir=Path(spec["launch_dir"]), output_dir=out,
+                         sweep_id=spec["sweep_id"], on_start=on_start)
+        report["result"] = {"status": result.status, "final": result.final,
+                            "run_id": result.run_id, "tracking_uri": result.tracking_uri,
+                            "experiment": result.experiment, "reason": result.reason}
+        code = 0
+    except BaseException as exc:  # noqa: B036 - report everything, then exit non-zero
+        from suite.cli import USER_ERRORS
+
+        user = isinstance(exc, USER_ERRORS)
+        report["error"] = {"type": type(exc).__name__, "message": str(exc),
+                           "summary": f"{type(exc).__name__}: {exc}", "user_error": user,
+                           "time": time.time()}
+        if not user:
+            print(f"[rank {rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
+    _write(report_dir / f"rank{rank}.json", report)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # No interpreter teardown: a process group with a dead peer can block in its destructor.
+    os._exit(code)
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, path)
+
+
+def _raise_terminated(signum, frame):
+    raise RankTerminated("received SIGTERM: the launcher stopped this rank (another rank "
+                         "failed) or the launcher itself exited")
+
+
+def _exit_with_parent(parent_pid: int, timeout_s: float) -> None:
+    """Make this rank end when the launcher dies, even if it is stuck in a collective."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM when the parent dies
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog below still applies
+    if os.getppid() != parent_pid:
+        os._exit(1)  # the launcher died before we got here
+
+    def watchdog():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        # SIGTERM gave the rank a chance to close its run; a rank blocked in a collective
+        # could not take it, so end it once the collective would have timed out anyway.
+        time.sleep(timeout_s + GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, name="commsgd-parent-watchdog", daemon=True).start()
+
+
+class _sigterm_raises:
+    """Under torchrun, the agent stops the surviving ranks with SIGTERM when one fails: turn it
+    into an exception so that rank 0 closes its run as FAILED instead of leaving it RUNNING."""
+
+    def __enter__(self):
+        self._main = threading.current_thread() is threading.main_thread()
+        if self._main:
+            self._previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def __exit__(self, *exc):
+        if self._main:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False

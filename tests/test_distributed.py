@@ -1,0 +1,262 @@
+"""torch.distributed runs (gloo, 2 processes on this host) against the simulated backend.
+
+Parity: the same K and seed run simulated and on 2 ranks give the same iterates. Where messages
+travel as the compressor's bytes (every compressed run, and the identity compressor with
+hardware.dense_collective=all_gather) the distributed mean is computed from the same [K, d]
+tensor by the same op, so histories, bit counts and final parameters are equal exactly. Where
+dense data goes through all_reduce of per-rank partial sums (identity by default, Local SGD's
+model average) the summation order differs: equal to DENSE_RTOL.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from suite.config import ConfigError
+from tests.conftest import ROOT, make_cfg, run_cli
+
+WORLD = 2
+# float64 partial sums reduced in another order: a few ulps per step, compounded over STEPS
+DENSE_RTOL = 1e-12
+STEPS, EVERY = 30, 5
+COMMON = ("workers=4", f"steps={STEPS}", f"eval_every={EVERY}", "seed=3", "task.l2=0.01")
+JOBS = {  # name: (overrides, exact)
+    "sgd": ((), False),
+    "sgd_all_gather": (("hardware.dense_collective=all_gather",), True),
+    "ef_sgd_topk": (("algorithm=ef_sgd", "compressor=topk", "compressor.k=3",
+                     "compressor.ratio=null"), True),
+    "diana_quant_p": (("algorithm=diana", "compressor=quant_p", "compressor.p=inf",
+                       "batch_size=full"), True),
+    "local_sgd": (("algorithm=local_sgd", "algorithm.local_steps=5"), False),
+    "qsgd": (("compressor=qsgd", "compressor.levels=4"), True),
+    "terngrad": (("compressor=terngrad",), True),
+}
+DISTRIBUTED_ONLY = ("comm/bytes_up", "comm/wire_bytes", "comm/wire_header_bytes",
+                    "comm/wire_padding_bytes")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fast() -> None:
+    """One thread (two ranks share two cores: more threads only contend) and no plots (they
+    cost seconds each and are not what these tests are about)."""
+    import suite.artifacts
+
+    torch.set_num_threads(1)
+    suite.artifacts.plot_convergence = lambda *args, **kwargs: None
+
+
+def _parity_rank(rank: int, port: int, out_dir: str) -> None:
+    """One rank: every job of JOBS in turn, in one process group (one start-up for all)."""
+    from suite.runner import execute
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    _fast()
+    results = {}
+    for name, (overrides, _) in JOBS.items():
+        cfg = make_cfg("hardware=multi_cpu", "hardware.timeout_s=60", *COMMON, *overrides)
+        r = execute(cfg, output_dir=f"{out_dir}/{name}-{rank}")
+        results[name] = (r.status, r.history, r.params)
+    if rank == 0:
+        torch.save(results, f"{out_dir}/results.pt")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{name: (simulated (status, history, params), distributed rank 0's)}."""
+    import torch.multiprocessing as mp
+
+    import suite.artifacts
+    from suite.runner import execute
+
+    out = tmp_path_factory.mktemp("parity")
+    threads, plot = torch.get_num_threads(), suite.artifacts.plot_convergence
+    # start the ranks first, then run the simulated jobs while they work
+    ctx = mp.start_processes(_parity_rank, args=(_free_port(), str(out)), nprocs=WORLD,
+                             join=False, start_method="spawn")
+    try:
+        _fast()
+        simulated = {}
+        for name, (overrides, _) in JOBS.items():
+            simulated_overrides = [o for o in overrides if not o.startswith("hardware.")]
+            r = execute(make_cfg(*COMMON, *simulated_overrides), output_dir=out / f"{name}-sim")
+            simulated[name] = (r.status, r.history, r.params)
+        # a failed rank raises here with its traceback; a hung one is bounded by timeout_s
+        deadline = time.monotonic() + 300
+        while not ctx.join(timeout=5):
+            assert time.monotonic() < deadline, "the distributed parity jobs did not finish"
+    finally:
+        torch.set_num_threads(threads)
+        suite.artifacts.plot_convergence = plot
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    distributed = torch.load(out / "results.pt", weights_only=False)
+    return {name: (simulated[name], distributed[name]) for name in JOBS}
+
+
+def curves(history, skip=()) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list] = {}
+    for key, value, step in history:
+        if not key.startswith("time/") and key not in skip:
+            out.setdefault(key, []).append((step, value))
+    return out
+
+
+@pytest.mark.parametrize("name", list(JOBS))
+def test_distributed_run_equals_simulated_run(runs, name):
+    (sim_status, sim_hist, sim_x), (dist_status, dist_hist, dist_x) = runs[name]
+    exact = JOBS[name][1]
+    assert sim_status == dist_status == "FINISHED"
+    sim, dist = curves(sim_hist), curves(dist_hist, skip=DISTRIBUTED_ONLY)
+    assert sim.keys() == dist.keys()
+    assert len(sim["train/loss"]) == STEPS // EVERY + 1
+    for key in ("comm/bits_up", "comm/bits_up_entropy", "comm/bits_down", "comm/rounds"):
+        assert dist[key] == sim[key], key  # bit counts: always exact
+    if exact:
+        assert dist == sim
+        assert torch.equal(dist_x, sim_x)
+    else:
+        for key in sim:
+            steps_s, values_s = zip(*sim[key], strict=True)
+            steps_d, values_d = zip(*dist[key], strict=True)
+            assert steps_s == steps_d
+            assert torch.allclose(torch.tensor(values_d), torch.tensor(values_s),
+                                  rtol=DENSE_RTOL, atol=0), key
+        assert torch.allclose(dist_x, sim_x, rtol=DENSE_RTOL, atol=1e-15)
+    # the run really moved: a test of parity between two frozen runs would prove nothing
+    assert sim["train/loss"][-1][1] < 0.9 * sim["train/loss"][0][1]
+
+
+@pytest.mark.parametrize("name", [n for n, (_, exact) in JOBS.items() if exact])
+def test_bytes_on_the_wire_equal_the_logged_bits(runs, name):
+    _, (_, history, _) = runs[name]
+    c = curves(history)
+    last = {key: values[-1][1] for key, values in c.items()}
+    rounds = last["comm/rounds"]
+    bits_per_message = last["comm/bits_up"] / rounds  # fixed-size messages in these runs
+    assert bits_per_message == int(bits_per_message) > 0
+    # per worker: Σ over messages of ceil(bits/8), from the bit count alone ...
+    assert last["comm/wire_bytes"] == rounds * math.ceil(bits_per_message / 8)
+    # ... and at every logged step, against the channel's own Σ ceil(bits/8)
+    assert c["comm/wire_bytes"] == c["comm/bytes_up"]
+    assert last["comm/wire_header_bytes"] == rounds * 8  # one int64 size per message
+    assert last["comm/wire_padding_bytes"] == 0  # equal sizes: nothing to pad
+
+
+def test_dense_all_reduce_ships_one_partial_sum_per_rank(runs):
+    _, (_, history, x) = runs["sgd"]
+    last = {key: values[-1][1] for key, values in curves(history).items()}
+    K, d = 4, x.numel()
+    # each rank hands one float64 [d] partial sum per round; per worker: W·8d/K
+    assert last["comm/wire_bytes"] == last["comm/rounds"] * WORLD * 8 * d / K
+    assert last["comm/wire_header_bytes"] == 0
+    assert last["comm/bytes_up"] == last["comm/rounds"] * 4 * d  # float32 messages
+
+
+def test_workers_not_divisible_by_world_size_is_refused_before_start():
+    from suite.launch import execute_job
+
+    cfg = make_cfg("hardware=multi_cpu", "workers=3")
+    with pytest.raises(ConfigError, match=r"workers=3 .*hardware\.world_size=2"):
+        execute_job(cfg, launch_dir=ROOT, output_dir=ROOT / "never-written")
+    assert not (ROOT / "never-written").exists()
+
+
+# -- through the command line ----------------------------------------------------------------
+# synthetic data: no scikit-learn import in every rank
+CLI = ("hardware=multi_cpu", "workers=4", "steps=20", "eval_every=5", "task.dataset=synthetic",
+       "task.n_samples=200", "task.dim=10", "progress=false", "algorithm=ef_sgd",
+       "compressor=topk", "compressor.k=2", "compressor.ratio=null")
+
+
+def store(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("logreg")
+    return client, (client.search_runs([exp.experiment_id]) if exp else [])
+
+
+def launched_pids(stderr: str) -> list[int]:
+    pids = [int(p) for line in re.findall(r"started \d+ ranks .*pids ([\d ]+)", stderr)
+            for p in line.split()]
+    assert pids, stderr
+    return pids
+
+
+def assert_gone(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        with open(f"/proc/{pid}/stat") as f:  # a zombie is gone too: it holds nothing
+            assert f.read().split(") ")[1][0] == "Z", f"rank process {pid} is still alive"
+
+
+def test_multirun_sweep_records_each_job_once_with_wire_bytes(tmp_path):
+    proc = run_cli("-m", *CLI, "seed=0,1", cwd=tmp_path)
+    client, runs = store(tmp_path)
+    assert len(runs) == 2  # rank 0 only: one run per job
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.params["seed"] for r in runs} == {"0", "1"}
+    assert len({r.data.tags["sweep.id"] for r in runs}) == 1
+    for r in runs:
+        assert r.data.tags["hardware"] == "multi_cpu"
+        m = r.data.metrics
+        assert m["comm/wire_bytes"] == m["comm/bytes_up"] > 0
+        assert len(client.get_metric_history(r.info.run_id, "train/loss")) == 5
+    assert_gone(launched_pids(proc.stderr))
+
+
+@pytest.mark.parametrize("dead", [1, 0])
+def test_a_rank_dying_mid_run_fails_the_job_quickly_and_cleanly(tmp_path, dead):
+    timeout_s = 20
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COMMSGD_TEST_KILL_RANK=str(dead),
+               COMMSGD_TEST_KILL_STEP="5")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "suite", *CLI, "steps=100000",
+                           f"hardware.timeout_s={timeout_s}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    # start-up (two Python processes importing torch on a shared machine) plus the timeout
+    assert elapsed < timeout_s + 60
+    assert f"rank {dead} failed first" in proc.stderr
+    assert "without a Python exception" in proc.stderr  # os._exit: no traceback to show
+    _, runs = store(tmp_path)
+    (run,) = runs
+    assert run.info.status == "FAILED"
+    assert f"rank {dead} failed first" in run.data.tags["failure"]
+    assert run.data.tags["distributed.failed_rank"] == str(dead)
+    assert_gone(launched_pids(proc.stderr))
+
+
+def test_torchrun_runs_each_process_as_one_rank(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+         "-m", "suite", *CLI], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("commsgd: run finished") == 1  # rank 0 speaks for the job
+    assert "started 2 ranks" not in proc.stderr  # torchrun started them, not commsgd
+    _, runs = store(tmp_path)
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["comm/wire_bytes"] == run.data.metrics["comm/bytes_up"] > 0
