@@ -46,32 +46,50 @@ def summary(result, cfg) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def app(cfg: DictConfig) -> float | None:
-    from suite.runner import execute
+def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None,
+            sweep_id: str | None = None) -> tuple[int, object]:
+    """One job as the command line runs it: (exit status, RunResult or None).
 
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    sweep_id = hc.sweep.dir if multirun else None
+    0: finished or skipped; 1: the run failed (diverged); 2: refused with a one-line message
+    that names what to fix. In a sweep, the app turns 2 into an exception and 1 into "go on".
+    """
+    # simulated hardware runs here; multi_* starts hardware.world_size ranks (or, under
+    # torchrun, is one of them): suite/launch.py
+    from suite.launch import execute_job, is_primary
+
     try:
-        result = execute(cfg, launch_dir=Path(hc.runtime.cwd),
-                         output_dir=Path(hc.runtime.output_dir), sweep_id=sweep_id)
+        result = execute_job(cfg, launch_dir=launch_dir, output_dir=output_dir,
+                             sweep_id=sweep_id)
     except USER_ERRORS as exc:
         # a bad config is refused before any run is recorded
         kind = "configuration error" if isinstance(exc, ValueError) else "error"
         print(f"commsgd: {kind}: {exc}", file=sys.stderr)
-        if multirun:
-            raise
-        sys.exit(2)
+        return 2, exc
     if result.status == "SKIPPED":
         print(f"commsgd: skipped: {result.reason}")
-        return None
-    print(summary(result, cfg))
-    if result.status != "FINISHED":
+        return 0, result
+    if is_primary():
+        print(summary(result, cfg))
+    return (0 if result.status == "FINISHED" else 1), result
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def app(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    code, result = run_job(cfg, launch_dir=Path(hc.runtime.cwd),
+                           output_dir=Path(hc.runtime.output_dir),
+                           sweep_id=hc.sweep.dir if multirun else None)
+    if code == 2:
+        if multirun:
+            raise result  # a bad config in a sweep stops the sweep
+        sys.exit(2)
+    if code == 1:
         if not multirun:
             sys.exit(1)  # a failed single run is a failed command; a sweep goes on
         return None
-    return result.final.get("train/suboptimality", result.final.get("train/loss"))
+    final = getattr(result, "final", {}) or {}
+    return final.get("train/suboptimality", final.get("train/loss"))
 
 
 def main() -> None:
