@@ -8,10 +8,12 @@ Three decisions live here so that every quantizer makes them the same way:
    (`wire_scale`). A Bernoulli probability |x_j|/scale then never exceeds 1, so the
    reconstruction scale·ξ_j has mean exactly |x_j| for the scale the receiver sees: rounding
    the scale costs no bias. Rounding to nearest could push a probability above 1 and clip it.
-3. Randomness. One uniform per coordinate from the worker's own stream, and ξ_j = [u_j < p_j].
-   All three compressors run the same kernel (`stochastic_levels`), so QSGD(s=1) and Quant_2
-   (and TernGrad without clipping and Quant_∞) give identical outputs from identical streams
-   (THEORY.md §1, "Special cases"); the tests check that equality exactly.
+3. Randomness. One uniform u_j per coordinate from the worker's own stream; the Bernoulli(p_j)
+   decision is ξ_j = [u_j < p_j] for x_j >= 0 and [u_j >= 1 − p_j] for x_j < 0 (one ceiling
+   of r − u decides both signs, see `stochastic_levels`). All three compressors run this one
+   kernel, so QSGD(s=1) and Quant_2 (and TernGrad without clipping and Quant_∞) give identical
+   outputs from identical streams (THEORY.md §1, "Special cases"); the tests check that
+   equality exactly.
 """
 
 from __future__ import annotations
@@ -109,39 +111,45 @@ def _per_block(op, x: torch.Tensor, scales: torch.Tensor, B: int, out: torch.Ten
 def stochastic_levels(
     x: torch.Tensor, scales: torch.Tensor, B: int, u: torch.Tensor, s: int, int_dtype
 ) -> torch.Tensor:
-    """Signed levels sign(x_j)·ζ_j, ζ_j = ⌊r_j⌋ + [u_j < r_j − ⌊r_j⌋], r_j = s|x_j|/scale_l.
+    """Signed levels sign(x_j)·ζ_j with ζ_j = ⌊|r_j|⌋ + ξ_j, ξ_j ~ Bern(p_j), r_j = s·x_j/scale_l
+    and p_j = |r_j| − ⌊|r_j|⌋, from one uniform u_j per coordinate.
 
     x, u: [w, d] in the compute dtype; scales: [w, m], one per block of length B, the float32
-    wire scales converted to the compute dtype (>= the block's norm, so |r_j| <= s; the clamp
-    only absorbs last-ulp rounding of a computed p-norm). `u` is overwritten: it is this
-    call's scratch space.
+    wire scales converted to the compute dtype (>= the block's norm, so |r_j| <= s up to the
+    last-ulp rounding of a computed p-norm, which the clamp absorbs). `u` is overwritten: it is
+    this call's scratch space, which spares a temporary as large as x (on a large vector each
+    fresh temporary costs about as much as copying x).
 
-    Worked on the signed ratio r = s·x/scale: trunc(r) is sign·⌊|r|⌋, r − trunc(r) is the
-    signed fractional part (exact in floating point), and |ζ| goes up by one when u is below
-    the fraction's magnitude: u < frac for x > 0, frac < −u for x < 0. That is QSGD's rule
-    on |x| with the sign reattached, in two comparisons and one scratch tensor, because on a
-    large vector every fresh temporary costs about as much as a copy of x.
+    The decision is one ceiling: sign(x_j)·ζ_j = trunc(r_j) + ⌈f_j − u_j⌉, where
+    f_j = r_j − trunc(r_j) is the signed fractional part (exact in floating point). For x_j >= 0,
+    ⌈f − u⌉ = 1 exactly when u < f: ξ_j = [u_j < p_j], decided by the sign of f − u, which
+    floating point gets exactly. For x_j < 0 it is −1 exactly when f − u <= −1:
+    ξ_j = [u_j >= 1 − p_j], where rounding f − u near −1 moves the probability by at most
+    half an ulp of 1, the resolution of u itself. For s = 1, trunc(r) is 0 (or ±1 at |r| = 1,
+    where f = 0) and the step fuses into ⌈r − u⌉ computed in u's buffer.
     """
+    if s == 1:
+        # u ← r − u (u.neg_().add_(x / scale) per block, fused as addcdiv), then ⌈·⌉
+        xm, xt = split_blocks(x, B)
+        um, ut = split_blocks(u.neg_(), B)
+        safe = _positive(scales)
+        if xm is not None:
+            um.addcdiv_(xm, safe[:, : xm.shape[1]].unsqueeze(2))
+        if xt is not None:
+            ut.addcdiv_(xt, safe[:, -1:])
+        return u.ceil_().to(int_dtype).clamp_(-1, 1)
     r = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _per_block(torch.div, x, _positive(scales), B, r)
-    if s != 1:
-        r.mul_(s)
+    _per_block(torch.div, x, _positive(scales) / s, B, r)  # r = x / (scale/s) = s·x/scale
     r.clamp_(-s, s)
-    level = r.to(int_dtype)  # truncation toward zero
-    r.frac_()  # r − trunc(r)
-    up = u < r
-    down = r < u.neg_()
-    if int_dtype == torch.int8:  # bool and int8 have one byte: add without a conversion
-        level.add_(up.view(torch.int8)).sub_(down.view(torch.int8))
-    else:
-        level.add_(up.to(int_dtype)).sub_(down.to(int_dtype))
-    return level
+    level = r.to(int_dtype)  # truncation toward zero: sign·⌊|r|⌋
+    torch.sub(r.frac_(), u, out=u)  # f − u
+    return level.add_(u.ceil_().to(int_dtype))
 
 
 def ternary(x: torch.Tensor, scales: torch.Tensor, B: int, u: torch.Tensor) -> torch.Tensor:
-    """sign(x_j)·ξ_j with ξ_j = [u_j < |x_j|/scale_l], as int8 in {-1, 0, 1}: the s = 1 case
-    of `stochastic_levels` (for |r| <= 1, ⌊|r|⌋ + [u < frac] = [u < |r|], also at |r| = 1).
-    Sharing the kernel is what makes QSGD(s=1) ≡ Quant_2 and TernGrad ≡ Quant_∞ exact."""
+    """sign(x_j)·ξ_j with ξ_j ~ Bern(|x_j|/scale_l), as int8 in {-1, 0, 1}: the s = 1 case of
+    `stochastic_levels`. Sharing the kernel is what makes QSGD(s=1) ≡ Quant_2 and
+    TernGrad ≡ Quant_∞ exact."""
     return stochastic_levels(x, scales, B, u, 1, torch.int8)
 
 
