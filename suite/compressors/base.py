@@ -96,8 +96,15 @@ def check_finite(x: torch.Tensor, name: str) -> None:
         raise CompressorError(f"{name}: expected a [workers, d] batch, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise CompressorError(f"{name}: expected a floating-point batch, got dtype {x.dtype}")
-    # Fast path: one reduction and no temporary (isfinite(x) would allocate a mask as large as
-    # x). NaN or ±inf anywhere makes the sum NaN or ±inf; a finite x does so only when the
-    # sum overflows, and then the exact check decides.
-    if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+    if not all_finite(x):
         raise CompressorError(f"{name}: input holds NaN or inf; refusing to compress it")
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether x holds no NaN or ±inf.
+
+    Fast path: one reduction and no temporary (isfinite(x) would allocate a mask as large as
+    x). NaN or ±inf anywhere makes the sum NaN or ±inf; a finite x does so only when the sum
+    overflows, and then the exact check decides.
+    """
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())

@@ -37,7 +37,9 @@ WIDTH = 9
 
 
 class NaturalPayload(NamedTuple):
-    codes: torch.Tensor  # [w, d] int16: (negative << 8) | exponent code
+    # [w, d] int32: (negative << 8) | exponent code. 9 bits would fit int16, but int32 is what
+    # both compress and decompress compute in, and a conversion costs a pass over a fresh tensor.
+    codes: torch.Tensor
     out_dtype: torch.dtype
 
 
@@ -58,14 +60,14 @@ def _codes_float32(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """
     field = u.mul_(2.0**23).to(torch.int32)
     field.add_(x.view(torch.int32))
-    return field.bitwise_right_shift_(23).bitwise_and_(0x1FF).to(torch.int16)
+    return field.bitwise_right_shift_(23).bitwise_and_(0x1FF)
 
 
 def _codes_float64(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """9-bit codes of float64 x from frexp: x = mantissa·2^E, mantissa ∈ [0.5, 1)."""
     a = x.abs()
     mantissa, exponent = torch.frexp(a)
-    code = exponent.to(torch.int16) + (_EXP_BIAS - 1)  # code of the power just below |x|
+    code = exponent + (_EXP_BIAS - 1)  # int32: the code of the power just below |x|
     prob = mantissa.mul_(2.0).sub_(1.0)  # (|x| − 2^e)/2^e, exact
     # Below float32's normal range, or zero (frexp(0) = (0, 0) would read as code 126):
     # round between 0 (code 0) and 2^-126 (code 1) with probability |t|·2^126 (exact).
@@ -101,7 +103,7 @@ def natural() -> Compressor:
         # (negative << 8 | c) << 23 is float32's sign bit and exponent field, mantissa zero:
         # exactly ±2^(c − 127), and ±0.0 for c = 0. (torch shifts signed ints as unsigned, so
         # the sign landing in bit 31 is well defined.)
-        bits32 = p.codes.to(torch.int32).bitwise_left_shift_(23)
+        bits32 = p.codes.bitwise_left_shift(23)
         return bits32.view(torch.float32).to(p.out_dtype)
 
     def encode(p: NaturalPayload) -> list[bytes]:
@@ -112,7 +114,7 @@ def natural() -> Compressor:
         codes = torch.from_numpy(bitpack.unpack_fields(body, d, WIDTH))
         if bool(((codes & 255) > _MAX_CODE).any()):
             raise CompressorError("natural message holds the unused exponent code 255")
-        return NaturalPayload(codes.to(torch.int16).to(device), dtype)
+        return NaturalPayload(codes.to(torch.int32).to(device), dtype)
 
     def bits(p: NaturalPayload) -> torch.Tensor:
         w, d = p.codes.shape

@@ -41,12 +41,15 @@ def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     expected = k / d * _SAMPLE
     rank = min(_SAMPLE, math.ceil(1.25 * expected + 6 * math.sqrt(expected) + 8))
     threshold = torch.topk(sample, rank, dim=1).values[:, -1:]
-    passed = (x >= threshold) | (x <= -threshold)  # |x| >= threshold, without a |x| temporary
-    counts = passed.sum(dim=1)
+    # |x| >= threshold, without a |x| temporary
+    passed = x >= threshold
+    torch.logical_or(passed, x <= -threshold, out=passed)
+    rows, cols = passed.nonzero(as_tuple=True)  # row-major
+    # counted from the candidates: a bool row-sum over x would cost more than the rest
+    counts = torch.bincount(rows, minlength=w)
     if bool((counts < k).any()) or int(counts.max()) > d // 4:
         return torch.topk(x.abs(), k, dim=1, sorted=False).indices
     # Gather each row's candidates into a [w, max count] table, padded with -1 (below any |x|).
-    rows, cols = passed.nonzero(as_tuple=True)  # row-major
     start = torch.cumsum(counts, 0) - counts
     slot = torch.arange(rows.numel(), device=x.device) - start[rows]
     width = int(counts.max())
