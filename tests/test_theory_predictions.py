@@ -98,8 +98,8 @@ def test_diana_converges_linearly_to_the_exact_optimum_on_heterogeneous_data():
 @pytest.mark.parametrize("name", sorted(QUANTIZED))
 def test_quantized_sgd_stalls_at_a_floor_that_halves_with_the_step_size(name):
     """THEORY.md §6: floor ≤ (γ/(μK))·2ωζ*² with σ = 0, linear in γ. Measured as the tail mean
-    (last 25%) of the 2-seed mean curve. When written: ratios 2.16 (dqgd), 1.99 (qsgd), 2.10
-    (terngrad), and 1.98–2.16 over three other seed pairs; floors 1e-4 to 1e-3, far above
+    (last 25%) of the 2-seed mean curve. When written: ratios 1.97 (dqgd), 2.04 (qsgd), 2.08
+    (terngrad), and 1.89–2.20 over three other seed pairs; floors 1e-4 to 1e-3, far above
     1e-6 and far below the theorem's bound."""
     f = floors(name)
     ratio = f[0.5] / f[0.25]
