@@ -97,7 +97,9 @@ def pack_fields(values, width: int) -> np.ndarray:
 
 
 def unpack_fields(buf: np.ndarray, n: int, width: int) -> np.ndarray:
-    """Inverse of `pack_fields`: [w, ceil(n·width/8)] bytes -> [w, n] int64 fields."""
+    """Inverse of `pack_fields`: [w, ceil(n·width/8)] bytes -> [w, n] fields, in the smallest
+    unsigned dtype that holds `width` bits (uint8 for width <= 8: a decoder then works on 1
+    byte per coordinate, not 8)."""
     buf = np.asarray(buf, dtype=np.uint8)
     w = buf.shape[0]
     if buf.shape[1] != packed_nbytes(n, width):
@@ -105,13 +107,13 @@ def unpack_fields(buf: np.ndarray, n: int, width: int) -> np.ndarray:
             f"bitpack: {buf.shape[1]} bytes cannot hold exactly {n} fields of {width} bits "
             f"(expected {packed_nbytes(n, width)})"
         )
+    udt = _uint_for(max(width, 1))
     if width == 0 or n == 0:
-        return np.zeros((w, n), dtype=np.int64)
+        return np.zeros((w, n), dtype=udt)
     if width == 1:
-        return np.unpackbits(buf, axis=1, count=n).astype(np.int64)
+        return np.unpackbits(buf, axis=1, count=n)
     if width in _WHOLE_BYTES:
-        return np.ascontiguousarray(buf).view(_WHOLE_BYTES[width]).astype(np.int64)
-    udt = _uint_for(width)
+        return np.ascontiguousarray(buf).view(_WHOLE_BYTES[width]).astype(udt)
     groups = -(-n // 8)
     padded = np.zeros((w, groups * width), dtype=np.uint8)
     padded[:, : buf.shape[1]] = buf
@@ -122,7 +124,7 @@ def unpack_fields(buf: np.ndarray, n: int, width: int) -> np.ndarray:
         fields[:, :, i] |= byte >> udt(shift) if shift >= 0 else byte << udt(-shift)
     # A field's first byte also holds the tail of the previous field: mask it off.
     fields &= udt((1 << width) - 1) if width < 64 else udt(~0)
-    return fields.reshape(w, groups * 8)[:, :n].astype(np.int64)
+    return fields.reshape(w, groups * 8)[:, :n]
 
 
 def floats_to_bytes(t: torch.Tensor) -> np.ndarray:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from . import bitpack
@@ -111,10 +112,10 @@ def natural() -> Compressor:
 
     def decode(msgs, d: int, dtype: torch.dtype, device="cpu") -> NaturalPayload:
         (body,) = bitpack.split_rows(msgs, [bitpack.packed_nbytes(d, WIDTH)])
-        codes = torch.from_numpy(bitpack.unpack_fields(body, d, WIDTH))
+        codes = bitpack.unpack_fields(body, d, WIDTH)  # uint16
         if bool(((codes & 255) > _MAX_CODE).any()):
             raise CompressorError("natural message holds the unused exponent code 255")
-        return NaturalPayload(codes.to(torch.int32).to(device), dtype)
+        return NaturalPayload(torch.from_numpy(codes.astype(np.int32)).to(device), dtype)
 
     def bits(p: NaturalPayload) -> torch.Tensor:
         w, d = p.codes.shape

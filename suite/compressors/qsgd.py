@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from . import bitpack
@@ -50,6 +51,7 @@ from .quantize import (
 # Levels are found as ⌊r⌋ with r computed in float32 for float32 inputs, and float32 holds every
 # integer only up to 2^24: above that, stochastic rounding to integer levels is no longer exact.
 MAX_LEVELS = 2**24
+_NUMPY_INT = {torch.int8: np.int8, torch.int16: np.int16, torch.int32: np.int32}
 
 
 class QSGDPayload(NamedTuple):
@@ -106,11 +108,13 @@ def qsgd(*, levels: int = 4, bucket_size: int | None = None) -> Compressor:
     def decode(msgs, d: int, dtype: torch.dtype, device="cpu") -> QSGDPayload:
         m, _ = num_blocks(d, bucket)
         head, body = bitpack.split_rows(msgs, [4 * m, bitpack.packed_nbytes(d, width)])
-        fields = torch.from_numpy(bitpack.unpack_fields(body, d, width))
-        mag = fields & ((1 << level_bits) - 1)
+        fields = bitpack.unpack_fields(body, d, width)  # smallest unsigned dtype
+        mag = fields & fields.dtype.type((1 << level_bits) - 1)
         if bool((mag > s).any()):
             raise CompressorError(f"qsgd message holds a level above levels={s}")
-        signed = torch.where((fields >> level_bits) > 0, -mag, mag).to(level_dtype)
+        signed = mag.astype(_NUMPY_INT[level_dtype])
+        np.negative(signed, out=signed, where=(fields >> fields.dtype.type(level_bits)) > 0)
+        signed = torch.from_numpy(signed)
         return QSGDPayload(bitpack.bytes_to_floats(head, m).to(device), signed.to(device), dtype)
 
     def bits(p: QSGDPayload) -> torch.Tensor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from . import bitpack
@@ -61,7 +62,7 @@ def sign() -> Compressor:
 
     def decode(msgs, d: int, dtype: torch.dtype, device="cpu") -> SignPayload:
         head, body = bitpack.split_rows(msgs, [4, bitpack.packed_nbytes(d, 1)])
-        negative = torch.from_numpy(bitpack.unpack_fields(body, d, 1) > 0)
+        negative = torch.from_numpy(bitpack.unpack_fields(body, d, 1).view(np.bool_))
         scales = bitpack.bytes_to_floats(head, 1).squeeze(1)
         return SignPayload(scales.to(device), negative.to(device), dtype)
 

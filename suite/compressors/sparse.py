@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from . import bitpack
@@ -67,7 +68,7 @@ def make_wire(k_of: Callable[[int], int], factor_of: Callable[[int], float]):
     def decode(msgs, d: int, dtype: torch.dtype, device="cpu") -> SparsePayload:
         k, ib = k_of(d), index_bits(d)
         head, body = bitpack.split_rows(msgs, [4 * k, bitpack.packed_nbytes(k, ib)])
-        idx = torch.from_numpy(bitpack.unpack_fields(body, k, ib))
+        idx = torch.from_numpy(bitpack.unpack_fields(body, k, ib).astype(np.int64))
         if bool((idx >= d).any()):
             raise CompressorError(f"sparse message names an index >= d={d}")
         values = bitpack.bytes_to_floats(head, k)

@@ -65,10 +65,11 @@ def make_wire(B: int | None):
     def decode(msgs, d: int, dtype: torch.dtype, device="cpu") -> TernaryPayload:
         m = -(-d // block_len(d))
         head, body = bitpack.split_rows(msgs, [4 * m, bitpack.packed_nbytes(d, 2)])
-        codes = bitpack.unpack_fields(body, d, 2)
+        codes = bitpack.unpack_fields(body, d, 2)  # uint8
         if (codes == 2).any():
             raise CompressorError("ternary message holds the unused 2-bit code 10")
-        trits = torch.from_numpy((codes - 4 * (codes >> 1)).astype(np.int8))
+        # sign-extend the 2-bit two's complement in uint8 arithmetic (3 − 4 wraps to 255 = −1)
+        trits = torch.from_numpy(np.ascontiguousarray(codes - ((codes >> 1) << 2)).view(np.int8))
         scales = bitpack.bytes_to_floats(head, m)
         return TernaryPayload(scales.to(device), trits.to(device), dtype)
 
