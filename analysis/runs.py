@@ -1,0 +1,233 @@
+"""Read commsgd runs from MLflow into tidy pandas frames. Never imports the runner.
+
+    runs = load_runs("sqlite:///$PWD/mlruns.db", ["diana_vs_quantized"])
+    runs.runs      one row per run: run_id, experiment, run_name, status, start_time, end_time,
+                   seed, group, task_key, problem, method, params.<key>, tags.<key>,
+                   const.<name> (the task constants logged as task/<name> at step 0) and
+                   final.<metric> (the last logged value of each metric)
+    runs.history   one long frame of metric histories: run_id, key, step, value
+
+Grouping (THEORY.md §8: fits are over seeds of one configuration):
+- `group`: the configuration minus the seed (and minus keys that only say where a run is
+  recorded: tracking.*, progress, hydra.*). Seeds of one group are the replicates we fit over.
+- `task_key`: experiment + task.* params: runs that solve the same problem instance, so one
+  target ε serves them all.
+- `problem`: task_key + workers + batch_size: the setting in which methods are compared.
+- `method`: what is left of the group (algorithm, compressor, their hyper-parameters, step
+  size...), with a readable label that names only the keys that vary.
+
+Robustness: failed runs (diverged, crashed) keep their partial histories and their status;
+RUNNING runs are listed but have no `group` membership in fits (see `usable`); summary runs
+written by `commsgd-report` (tag commsgd.report=true) are excluded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+# Metrics the analysis reads. train/lr is logged every step and is not needed for any fit, so it
+# is skipped by default: it is the largest history by far.
+DEFAULT_KEYS = (
+    "train/loss", "train/suboptimality", "train/grad_norm_sq", "test/loss", "test/accuracy",
+    "comm/bits_up", "comm/bits_up_entropy", "comm/bits_down", "comm/rounds",
+    "time/compute_s", "time/compress_s", "time/comm_s", "time/wall_s",
+)
+REPORT_TAG = "commsgd.report"
+# Params that do not change what a run computes, only where and how it is recorded.
+UNGROUPED_PREFIXES = ("tracking.", "hydra.")
+UNGROUPED_KEYS = ("seed", "progress")
+# Params that define the problem a method is run on, as opposed to the method itself.
+PROBLEM_KEYS = ("workers", "batch_size")
+TASK_PREFIX = "task."
+PAGE_SIZE = 1000  # runs per search_runs page (MLflow's own maximum per call is larger)
+
+
+@dataclass
+class RunSet:
+    runs: pd.DataFrame
+    history: pd.DataFrame
+    tracking_uri: str = ""
+    experiments: list[str] = field(default_factory=list)
+    excluded_summary_runs: int = 0
+
+    def usable(self) -> pd.DataFrame:
+        """Runs that ended (FINISHED or FAILED): RUNNING ones are in flight, KILLED ones were
+        stopped by hand and say nothing about the method."""
+        return self.runs[self.runs["status"].isin(["FINISHED", "FAILED"])]
+
+    def curves(self, run_ids, key: str = "train/suboptimality") -> pd.DataFrame:
+        """A wide frame, index = step, one column per run id (NaN where a run has no value,
+        e.g. after it diverged)."""
+        h = self.history[(self.history["key"] == key) & self.history["run_id"].isin(run_ids)]
+        wide = h.pivot_table(index="step", columns="run_id", values="value", aggfunc="last")
+        return wide.reindex(columns=[r for r in run_ids if r in wide.columns]).sort_index()
+
+
+def parse_value(text):
+    """A param as MLflow stores it (str(value)) back to a Python value: None, bools, ints,
+    floats, lists; anything else stays a string ('theory', 'full', 'quant_p')."""
+    if not isinstance(text, str):
+        return text
+    if text in ("None", "null"):
+        return None
+    if text in ("True", "False", "true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text.startswith("[") and text.endswith("]"):
+        inner = text[1:-1].strip()
+        return [parse_value(v.strip().strip("'\"")) for v in inner.split(",")] if inner else []
+    return text
+
+
+def _hash(items: dict) -> str:
+    return hashlib.sha256(json.dumps(sorted(items.items()), default=str).encode()).hexdigest()[:12]
+
+
+def _is_grouped(key: str) -> bool:
+    return key not in UNGROUPED_KEYS and not key.startswith(UNGROUPED_PREFIXES)
+
+
+def _search_all(client, experiment_ids: list[str]) -> list:
+    """Every run of the experiments, page by page (search_runs returns at most max_results)."""
+    out, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, max_results=PAGE_SIZE, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def load_runs(tracking_uri: str, experiments: list[str] | str, *,
+              keys: tuple[str, ...] | None = DEFAULT_KEYS) -> RunSet:
+    """Read the runs of the named experiments. `keys=None` reads every logged metric history."""
+    from mlflow.tracking import MlflowClient
+
+    if isinstance(experiments, str):
+        experiments = [experiments]
+    client = MlflowClient(tracking_uri=tracking_uri)
+    ids, names = [], {}
+    for name in experiments:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise LookupError(f"experiment {name!r} not found in {tracking_uri}")
+        ids.append(exp.experiment_id)
+        names[exp.experiment_id] = name
+
+    rows, histories, skipped = [], [], 0
+    for run in _search_all(client, ids) if ids else []:
+        tags = run.data.tags
+        if tags.get(REPORT_TAG, "").lower() == "true":
+            skipped += 1
+            continue
+        rows.append(_run_row(run, names))
+        metric_keys = [k for k in run.data.metrics if not k.startswith("task/")]
+        if keys is not None:
+            metric_keys = [k for k in metric_keys if k in keys]
+        for key in metric_keys:
+            for m in client.get_metric_history(run.info.run_id, key):
+                histories.append((run.info.run_id, key, int(m.step), float(m.value)))
+
+    runs = pd.DataFrame(rows)
+    history = pd.DataFrame(histories, columns=["run_id", "key", "step", "value"])
+    if not history.empty:
+        # a value re-logged at the same step (a resumed run) counts once: the last one
+        history = (history.drop_duplicates(["run_id", "key", "step"], keep="last")
+                   .sort_values(["run_id", "key", "step"]).reset_index(drop=True))
+    if not runs.empty:
+        runs = _add_groups(runs)
+    return RunSet(runs, history, tracking_uri, list(experiments), skipped)
+
+
+def _run_row(run, experiment_names: dict) -> dict:
+    info, data = run.info, run.data
+    row = {
+        "run_id": info.run_id,
+        "experiment": experiment_names.get(info.experiment_id, info.experiment_id),
+        "run_name": info.run_name,
+        "status": info.status,
+        "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True),
+        "end_time": (pd.to_datetime(info.end_time, unit="ms", utc=True)
+                     if info.end_time else pd.NaT),
+    }
+    row.update({f"params.{k}": v for k, v in data.params.items()})
+    row.update({f"tags.{k}": v for k, v in data.tags.items()})
+    for k, v in data.metrics.items():
+        if k.startswith("task/"):
+            row[f"const.{k[len('task/'):]}"] = v
+        else:
+            row[f"final.{k}"] = v
+    seed = parse_value(data.params.get("seed", "0"))
+    row["seed"] = seed if isinstance(seed, int) else 0
+    return row
+
+
+def _add_groups(runs: pd.DataFrame) -> pd.DataFrame:
+    runs = runs.copy()
+    param_cols = [c for c in runs.columns if c.startswith("params.")]
+    groups, tasks, problems, methods = [], [], [], []
+    method_params: list[dict] = []
+    for _, r in runs.iterrows():
+        params = {c[len("params."):]: r[c] for c in param_cols if isinstance(r[c], str)}
+        grouped = {k: v for k, v in params.items() if _is_grouped(k)}
+        task = {k: v for k, v in grouped.items() if k.startswith(TASK_PREFIX)}
+        problem = task | {k: grouped[k] for k in PROBLEM_KEYS if k in grouped}
+        method = {k: v for k, v in grouped.items() if k not in problem}
+        groups.append(r["experiment"] + ":" + _hash(grouped))
+        tasks.append(r["experiment"] + ":" + _hash(task))
+        problems.append(r["experiment"] + ":" + _hash(problem))
+        methods.append(_hash(method))
+        method_params.append(method)
+    runs["group"], runs["task_key"], runs["problem"] = groups, tasks, problems
+    runs["method_key"] = methods
+    # labels name what varies within an experiment (a key that only differs between two
+    # experiments, e.g. their step counts, would clutter every label)
+    labels = [""] * len(runs)
+    for _, idx in runs.groupby("experiment", sort=False).indices.items():
+        for i, label in zip(idx, method_labels([method_params[i] for i in idx]), strict=True):
+            labels[i] = label
+    runs["method"] = labels
+    runs["problem_label"] = problem_labels(runs)
+    return runs
+
+
+# Hyper-parameters hidden from labels: they are implied by others or rarely informative.
+_LABEL_SKIP = ("lr.resolved", "algorithm.name", "compressor.name")
+
+
+def method_labels(method_params: list[dict]) -> list[str]:
+    """'algorithm/compressor' plus the hyper-parameters that vary among the runs that have them,
+    e.g. 'diana/quant_p p=inf block_size=8'. Keys with one value everywhere are left out."""
+    values: dict[str, set] = {}
+    for p in method_params:
+        for k, v in p.items():
+            values.setdefault(k, set()).add(v)
+    varying = sorted(k for k, vs in values.items() if len(vs) > 1 and k not in _LABEL_SKIP)
+    labels = []
+    for p in method_params:
+        name = f"{p.get('algorithm.name', '?')}/{p.get('compressor.name', '?')}"
+        extras = [f"{k.split('.', 1)[-1] if '.' in k else k}={p[k]}" for k in varying if k in p]
+        labels.append(" ".join([name, *extras]))
+    return labels
+
+
+def problem_labels(runs: pd.DataFrame) -> list[str]:
+    """'<experiment>: dataset=..., split=..., K=..., b=...' with the task keys that matter."""
+    out = []
+    for _, r in runs.iterrows():
+        parts = [f"{r.get('params.task.dataset', '?')}", f"split={r.get('params.task.split', '?')}"]
+        l2 = r.get("params.task.l2")
+        if isinstance(l2, str) and l2 != "None":
+            parts.append(f"l2={l2}")
+        parts += [f"K={r.get('params.workers', '?')}", f"b={r.get('params.batch_size', '?')}"]
+        out.append(f"{r['experiment']}: " + ", ".join(parts))
+    return out
