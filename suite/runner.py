@@ -95,6 +95,11 @@ class Run:
             # tasks know nothing of the suite: their ValueErrors name the task key; make them
             # configuration errors so the command line prints one clear line
             raise ConfigError(str(exc)) from exc
+        if cfg.lr == "theory" and not {"L", "mu"} <= self.task.constants.keys():
+            # every theorem's step size is a function of L and μ; a network task has neither
+            raise ConfigError(
+                f"lr=theory needs the task constants L and mu, which task={task_name} does not "
+                f"know; set lr to a number")
 
         self.batch_size = None if cfg.batch_size == "full" else int(cfg.batch_size)
         smallest = int(min(self.task.shard_sizes))
@@ -135,10 +140,18 @@ class Run:
         delta = self.compressor.delta(d) if self.compressor.delta is not None else None
         theorem_args = dict(workers=K, batch_size=self.batch_size, omega=omega, delta=delta,
                             **algo_kwargs)
-        self.theorem = spec.theorem(self.task.constants, **theorem_args)
-        self.lr0 = self.theorem.lr_max if cfg.lr == "theory" else float(cfg.lr)
-        if cfg.lr != "theory":
-            self.theorem = spec.theorem(self.task.constants, lr=self.lr0, **theorem_args)
+        # the theorem at the step size in use: lr=theory asks it for its largest one
+        lr_arg = None if cfg.lr == "theory" else float(cfg.lr)
+        self.theorem = None
+        if {"L", "mu"} <= self.task.constants.keys():
+            self.theorem = spec.theorem(self.task.constants, lr=lr_arg, **theorem_args)
+        if lr_arg is None:
+            if not math.isfinite(self.theorem.lr_max):
+                raise ConfigError(
+                    f"lr=theory: no theorem admits a step size for algorithm={self.algo_name} "
+                    f"with compressor={comp_name} ({self.theorem.source}); set lr to a number")
+            lr_arg = self.theorem.lr_max
+        self.lr0 = lr_arg
         self.schedule = make_schedule(
             cfg.lr_schedule, self.lr0, steps=cfg.steps, offset=float(cfg.lr_offset),
             warmup_steps=cfg.warmup_steps, milestones=tuple(cfg.lr_milestones),

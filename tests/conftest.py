@@ -8,9 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# pytest-xdist runs two test processes on two cores; torch's default of one thread per core in
+# each would oversubscribe them, and tiny batched kernels then run hundreds of times slower.
+torch.set_num_threads(1)
 CONF = str(ROOT / "conf")
 
 
@@ -30,7 +35,7 @@ def make_cfg(*overrides: str):
 
 def run_cli(*args: str, cwd: Path, check: bool = True, timeout: int = 300):
     """`python -m suite <args>` in cwd, importing this checkout (not an installed copy)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "suite", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
