@@ -358,6 +358,23 @@ def test_stratified_uniforms_make_the_mean_exact(variant, dtype):
         assert bool(((y.mean(0) - t).abs() <= tol).all()), (x, y.mean(0) - t, tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_terngrad_clips_with_its_own_and_with_a_shared_scale(dtype):
+    """With its own scale, clipping is implicit (entries beyond clip·σ saturate); with a larger
+    shared scale it is explicit. Either way the mean is clip(g), to the grid's resolution."""
+    m = 4096
+    c = build_compressor("terngrad", clip=1.0)
+    g = torch.tensor([[6.0, -5.0, 0.5, -0.25, 0.0, 1.0, -1.5, 0.75]], dtype=dtype)
+    t = terngrad_clip(g.double(), 1.0)[0]
+    assert t.abs().max() < 6.0  # the outliers are clipped
+    for scale in (None, 4 * c.local_scale(g)):
+        p = c.compress(g.expand(m, 8), GridStreams(m), scale)
+        s = float(p.scales[0, 0])
+        assert s == pytest.approx(float(t.abs().max()) if scale is None else float(scale))
+        mean = c.decompress(p).double().mean(0)
+        assert bool(((mean - t).abs() <= s / m + 1e-6 * s).all()), (scale, mean - t)
+
+
 def test_terngrad_shared_scale_variance_is_data_dependent(mc_streams):
     """With the scale s shared across workers (larger than this worker's max), Q stays unbiased
     and its variance is s‖g‖₁ − ‖g‖², which exceeds the per-worker ω‖g‖² here."""

@@ -51,15 +51,19 @@ def _max_exponent(dtype: torch.dtype) -> int:
 
 
 def _codes_float32(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """9-bit codes of float32 x by integer arithmetic on its bits.
+    """9-bit codes of float32 x by integer arithmetic on its bits, in u's buffer.
 
     R = ⌊u·2^23⌋ is uniform on [0, 2^23) (torch's float32 uniforms are multiples of 2^-24, a
     test checks it). Adding R to x's bits carries out of the 23-bit mantissa m into the exponent
     exactly when R >= 2^23 − m, with probability m/2^23 = (|t| − 2^e)/2^e: the natural rounding.
     The same carry turns a subnormal (exponent 0) into 2^-126 with probability |t|·2^126, and
     leaves 0 at code 0. Shifting right by 23 leaves sign and exponent: the 9-bit code.
+
+    R is made in place: ⌊u·2^23⌋ + 2^23 is an integer in [2^23, 2^24), whose float32 bits are
+    0x4B000000 + R exactly, so no int32 tensor is allocated (on a large vector a fresh tensor
+    costs about as much as the rest of the step).
     """
-    field = u.mul_(2.0**23).to(torch.int32)
+    field = u.mul_(2.0**23).floor_().add_(2.0**23).view(torch.int32).sub_(0x4B000000)
     field.add_(x.view(torch.int32))
     return field.bitwise_right_shift_(23).bitwise_and_(0x1FF)
 

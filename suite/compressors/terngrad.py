@@ -34,13 +34,20 @@ from .quantize import block_norms, compute_dtype, ternary, wire_scale
 from .ternary import TernaryPayload, make_wire
 
 
+def clip_bound(g: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """clip·σ per worker, [w], σ the population std of the row; inf where clipping is off or
+    σ = 0. g: [w, d] in the compute dtype."""
+    if clip is None:
+        return torch.full((g.shape[0],), math.inf, dtype=g.dtype, device=g.device)
+    sigma = g.std(dim=1, correction=0)
+    return torch.where(sigma > 0, clip * sigma, torch.full_like(sigma, math.inf))
+
+
 def terngrad_clip(g: torch.Tensor, clip: float | None) -> torch.Tensor:
-    """g clipped per worker to [−clip·σ, clip·σ], σ = population std of the row; rows with
-    σ = 0 untouched. g: [w, d] in the compute dtype."""
+    """g clipped per worker to [−clip·σ, clip·σ]; rows with σ = 0 untouched."""
     if clip is None:
         return g
-    sigma = g.std(dim=1, correction=0, keepdim=True)
-    bound = torch.where(sigma > 0, clip * sigma, torch.full_like(sigma, math.inf))
+    bound = clip_bound(g, clip).unsqueeze(1)
     return torch.clamp(g, min=-bound, max=bound)
 
 
@@ -55,23 +62,29 @@ def terngrad(*, clip: float | None = None) -> Compressor:
     def check_dim(d: int) -> None:
         require_dim(d)
 
-    def clipped(x: torch.Tensor) -> torch.Tensor:
-        return terngrad_clip(x.to(compute_dtype(x.dtype)), c)
+    def own_max(g: torch.Tensor) -> torch.Tensor:
+        # max |clip(g)_j| = min(max |g_j|, clip·σ): two reductions, no clipped copy of g
+        return torch.minimum(max_abs(g), clip_bound(g, c))
 
     def local_scale(x: torch.Tensor) -> torch.Tensor:
         """This worker's float32 max |clip(g)_j|, rounded up: [w]."""
         check_finite(x, "terngrad")
-        return wire_scale(max_abs(clipped(x)), x.dtype, "terngrad: max |g|")
+        return wire_scale(own_max(x.to(compute_dtype(x.dtype))), x.dtype, "terngrad: max |g|")
 
     def compress(x: torch.Tensor, streams, scale: torch.Tensor | None = None) -> TernaryPayload:
         check_finite(x, "terngrad")
         w, d = x.shape
         check_dim(d)
         ct = compute_dtype(x.dtype)
-        g = clipped(x)
-        own = max_abs(g)
+        g = x.to(ct)
+        own = own_max(g)
         if scale is None:
             s32 = wire_scale(own, x.dtype, "terngrad: max |g|")
+            # Clipping comes for free here: with S = max |clip(g)| = clip·σ whenever anything is
+            # clipped, a clipped entry has |g|/S >= 1, and the kernel sends ±1 for it with
+            # probability 1, as it would for clip(g). (Up to the float32 rounding of S: for
+            # float64 input, an entry within that rounding of S is sent with probability
+            # |g|/S instead of clip·σ/S; both differ from 1 by less than 2^-23.)
         else:
             shared = torch.as_tensor(scale, device=x.device)
             if not torch.isfinite(shared).all():
@@ -87,6 +100,9 @@ def terngrad(*, clip: float | None = None) -> Compressor:
                     "terngrad: the shared scale is below this worker's max |g|; pass the max "
                     "over all workers of local_scale(g)"
                 )
+            # A shared scale above clip·σ would let entries beyond the bound keep probabilities
+            # above clip·σ/S: clip explicitly.
+            g = terngrad_clip(g, c)
         u = streams.uniform(d, dtype=ct)
         trits = ternary(g, s32.to(ct).unsqueeze(1), d, u)
         return TernaryPayload(s32.unsqueeze(1), trits, x.dtype)
