@@ -129,15 +129,16 @@ def stochastic_levels(
     where f = 0) and the step fuses into ⌈r − u⌉ computed in u's buffer.
     """
     if s == 1:
-        # u ← r − u (u.neg_().add_(x / scale) per block, fused as addcdiv), then ⌈·⌉
+        # ⌈r − u⌉ = −⌊u − r⌋, with u − r = u − x/scale made in u's buffer by addcdiv (IEEE
+        # subtraction is sign-symmetric, so this is bit for bit the ⌈r − u⌉ of the docstring)
         xm, xt = split_blocks(x, B)
-        um, ut = split_blocks(u.neg_(), B)
+        um, ut = split_blocks(u, B)
         safe = _positive(scales)
         if xm is not None:
-            um.addcdiv_(xm, safe[:, : xm.shape[1]].unsqueeze(2))
+            um.addcdiv_(xm, safe[:, : xm.shape[1]].unsqueeze(2), value=-1)
         if xt is not None:
-            ut.addcdiv_(xt, safe[:, -1:])
-        return u.ceil_().to(int_dtype).clamp_(-1, 1)
+            ut.addcdiv_(xt, safe[:, -1:], value=-1)
+        return u.floor_().to(int_dtype).neg_().clamp_(-1, 1)
     r = torch.empty_like(x, memory_format=torch.contiguous_format)
     _per_block(torch.div, x, _positive(scales) / s, B, r)  # r = x / (scale/s) = s·x/scale
     r.clamp_(-s, s)
