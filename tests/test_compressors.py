@@ -27,7 +27,7 @@ from suite.compressors import REGISTRY, CompressorError, bitpack, build_compress
 from suite.compressors.elias import omega_decode, omega_encode, omega_length
 from suite.compressors.randk import _first_k_distinct
 from suite.compressors.ternary import ternary_bits
-from suite.compressors.terngrad import terngrad_clip
+from suite.compressors.terngrad import clip_bound, terngrad_clip
 from suite.rng import WorkerStreams
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "compressor"
@@ -407,6 +407,9 @@ def test_terngrad_clip_follows_the_reference_and_spares_constant_vectors():
     assert torch.equal(terngrad_clip(const, 2.5), const)  # σ = 0: clipping at 0 would erase it
     c = build_compressor("terngrad", clip=1.0)
     assert float(c.local_scale(x)) == pytest.approx(sigma, rel=1e-7)
+    # a large mean over a small spread: E[g²] − E[g]² would cancel; σ must still be right
+    g = 1000.0 + 0.01 * torch.randn(2, 5000, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(clip_bound(g, 2.5), 2.5 * g.std(dim=1, correction=0), rtol=1e-3)
 
 
 def test_sign_contraction_is_exactly_the_data_dependent_delta():

@@ -39,7 +39,17 @@ def clip_bound(g: torch.Tensor, clip: float | None) -> torch.Tensor:
     σ = 0. g: [w, d] in the compute dtype."""
     if clip is None:
         return torch.full((g.shape[0],), math.inf, dtype=g.dtype, device=g.device)
-    sigma = g.std(dim=1, correction=0)
+    # σ² = E[g²] − E[g]² from two fast reductions (torch.std over the rows of a [w, d] batch
+    # takes a slow path, ~20x a plain reduction). Where E[g]² dominates, the subtraction
+    # would lose the digits of σ², so those rows take the two-pass variance.
+    d = g.shape[1]
+    mean = g.sum(dim=1).double() / d
+    second = torch.linalg.vector_norm(g, dim=1).double().square() / d
+    var = second - mean.square()
+    lossy = var < 1e-3 * second
+    if bool(lossy.any()):
+        var = torch.where(lossy, g.var(dim=1, correction=0).double(), var)
+    sigma = var.clamp(min=0).sqrt().to(g.dtype)
     return torch.where(sigma > 0, clip * sigma, torch.full_like(sigma, math.inf))
 
 
