@@ -3,14 +3,15 @@ starting hardware.world_size ranks on this host and supervising them.
 
     execute_job(cfg, ...)
       simulated hardware (cpu, gpu)        runner.execute in this process
-      multi_* under torchrun (RANK set)    this process is one rank: runner.execute
-      multi_* otherwise                    spawn world_size ranks (torch.multiprocessing), wait,
-                                           return rank 0's result
+      multi_* under torchrun (RANK set)    this process is one rank (run_as_rank)
+      multi_* otherwise                    spawn world_size ranks (torch.multiprocessing), each
+                                           run_as_rank; wait; return rank 0's result
 
 Only rank 0 records the run in MLflow (the runner gives the other ranks a NullTracker). The
 launcher's own duties are the ones no rank can do for itself:
 
 - Refuse a job that cannot run (workers not divisible by world_size, ...) before starting any.
+- Serve the rendezvous store (as torchrun's agent does), bound before the ranks start.
 - When a rank fails, give the others the process-group timeout (plus a short grace) to notice
   and exit on their own, so that rank 0 can close its run; then stop the rest (SIGTERM, then
   SIGKILL). Report which rank failed first and why, and make sure the MLflow run ends FAILED
@@ -26,7 +27,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -76,8 +76,33 @@ def execute_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path,
     check_job(cfg)
     if under_torchrun():
         with _sigterm_raises():
-            return execute(cfg, launch_dir=launch_dir, output_dir=output_dir, sweep_id=sweep_id)
+            return run_as_rank(cfg, launch_dir=launch_dir, output_dir=output_dir,
+                               sweep_id=sweep_id)
     return spawn(cfg, launch_dir=launch_dir, output_dir=output_dir, sweep_id=sweep_id)
+
+
+def run_as_rank(cfg: DictConfig, *, launch_dir: Path, output_dir: Path,
+                sweep_id: str | None, announce=None):
+    """This process as one rank of the job (RANK, WORLD_SIZE, MASTER_* in the environment).
+
+    `announce(tracker)` is called on rank 0 once its run is recorded. Every rank then meets the
+    others at `setup_barrier`: creating the MLflow run can take longer than the process-group
+    timeout on a busy machine, and the other ranks would time out in their first collective.
+    """
+    from suite.backends import make_backend
+    from suite.hardware import select_device
+    from suite.runner import execute
+
+    hw = OmegaConf.to_container(cfg.hardware, resolve=True)
+    backend = make_backend(hw, cfg.workers, select_device(hw))
+
+    def on_start(tracker):
+        if announce is not None and backend.rank == 0:
+            announce(tracker)
+        backend.setup_barrier()
+
+    return execute(cfg, launch_dir=launch_dir, output_dir=output_dir, sweep_id=sweep_id,
+                   backend=backend, on_start=on_start)
 
 
 def check_job(cfg: DictConfig) -> None:
@@ -94,10 +119,23 @@ def check_job(cfg: DictConfig) -> None:
 
 
 # -- the launching process ----------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((MASTER_ADDR, 0))
-        return s.getsockname()[1]
+def host_store(port: int | None, timeout_s: float):
+    """The job's rendezvous store, served by the launcher as torchrun's agent serves it.
+
+    Binding here, on port 0 when no port is given, takes a free port atomically (a port found
+    free and bound later by rank 0 can be taken in between), and a port in use is refused
+    before any rank starts. The ranks connect as clients (TORCHELASTIC_USE_AGENT_STORE).
+    """
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    try:
+        return dist.TCPStore(MASTER_ADDR, port or 0, is_master=True, wait_for_workers=False,
+                             timeout=timedelta(seconds=timeout_s))
+    except (RuntimeError, OSError) as exc:
+        raise ConfigError(f"hardware.master_port={port}: cannot listen on {MASTER_ADDR}:{port} "
+                          f"({exc}); set another port, or null for a free one") from exc
 
 
 def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str | None):
@@ -106,7 +144,8 @@ def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str 
 
     hw = cfg.hardware
     world_size, timeout_s = int(hw.world_size), float(hw.timeout_s)
-    port = hw.master_port or free_port()
+    store = host_store(hw.master_port, timeout_s)
+    port = store.port
     report_dir = Path(tempfile.mkdtemp(prefix="commsgd-launch-"))
     spec = {
         "cfg": OmegaConf.to_container(cfg, resolve=True),
@@ -218,11 +257,11 @@ def _outcome(procs, failed, stopped, report_dir: Path, timeout_s: float):
         res = reports[0]["result"]
         return RunResult(res["status"], res["final"], res["run_id"], res["tracking_uri"],
                          res["experiment"], reason=res["reason"])
-    errors = [r["error"] for r in reports if r and "error" in r]
-    if started is None and errors and all(e["user_error"] for e in errors):
-        # every rank refused the config before a run was recorded: report it as the CLI
-        # reports any bad config, once
-        raise _user_error(errors[0])
+    first = reports[failed[0]] if failed else None
+    if started is None and first and "error" in first and first["error"]["user_error"]:
+        # refused (a bad config, an unreachable store) before a run was recorded; the other
+        # ranks' errors are its consequences. Reported as the CLI reports any such error.
+        raise _user_error(first["error"])
     parts = [f"{_describe(r, procs[r], reports[r])}" for r in failed]
     parts += [f"rank {r} (pid {procs[r].pid}): still running {timeout_s + GRACE_S:g} s after "
               "the first failure; stopped" for r in stopped]
@@ -270,14 +309,12 @@ def _rank_main(rank: int, spec: dict) -> None:
     world_size = spec["world_size"]
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR=MASTER_ADDR,
-                      MASTER_PORT=str(spec["port"]))
+                      MASTER_PORT=str(spec["port"]), TORCHELASTIC_USE_AGENT_STORE="True")
     report_dir = Path(spec["report_dir"])
     report: dict = {"rank": rank}
     code = 1
     try:
         import torch
-
-        from suite.runner import execute
 
         cfg = OmegaConf.create(spec["cfg"])
         if cfg.hardware.get("threads") is None:
@@ -285,11 +322,11 @@ def _rank_main(rank: int, spec: dict) -> None:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         # ranks other than 0 record nothing (runner._finish); their directory is scratch
         out = Path(spec["output_dir"]) if rank == 0 else report_dir / f"rank{rank}"
-        on_start = (lambda tracker: _write(report_dir / "started.json", {
-            "run_id": tracker.run_id, "tracking_uri": tracker.uri,
-            "experiment": tracker.experiment_name})) if rank == 0 else None
-        result = execute(cfg, launch_dir=Path(spec["launch_dir"]), output_dir=out,
-                         sweep_id=spec["sweep_id"], on_start=on_start)
+        result = run_as_rank(cfg, launch_dir=Path(spec["launch_dir"]), output_dir=out,
+                             sweep_id=spec["sweep_id"], announce=lambda tracker: _write(
+                                 report_dir / "started.json", {
+                                     "run_id": tracker.run_id, "tracking_uri": tracker.uri,
+                                     "experiment": tracker.experiment_name}))
         report["result"] = {"status": result.status, "final": result.final,
                             "run_id": result.run_id, "tracking_uri": result.tracking_uri,
                             "experiment": result.experiment, "reason": result.reason}
@@ -304,10 +341,27 @@ def _rank_main(rank: int, spec: dict) -> None:
         if not user:
             print(f"[rank {rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
     _write(report_dir / f"rank{rank}.json", report)
+    _leave(code)
+
+
+def _leave(code: int) -> None:
+    """Exit normally, so that multiprocessing's finalizers release what the rank holds (a
+    progress bar's semaphore, say); but a process group with a dead peer can block in its
+    teardown, so a watchdog ends the process regardless after TERM_WAIT_S."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the job is over: a stop may just kill
     sys.stdout.flush()
     sys.stderr.flush()
-    # No interpreter teardown: a process group with a dead peer can block in its destructor.
-    os._exit(code)
+
+    def force():
+        time.sleep(TERM_WAIT_S)
+        os._exit(code)
+
+    threading.Thread(target=force, name="commsgd-exit-watchdog", daemon=True).start()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(code)
 
 
 def _write(path: Path, data: dict) -> None:

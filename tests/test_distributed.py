@@ -16,6 +16,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -23,7 +24,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from suite.config import ConfigError
-from tests.conftest import ROOT, make_cfg, run_cli
+from suite.launch import GRACE_S, TERM_WAIT_S
+from tests.conftest import ROOT, make_cfg
 
 WORLD = 2
 # float64 partial sums reduced in another order: a few ulps per step, compounded over STEPS
@@ -37,8 +39,9 @@ JOBS = {  # name: (overrides, exact)
                      "compressor.ratio=null"), True),
     "diana_quant_p": (("algorithm=diana", "compressor=quant_p", "compressor.p=inf",
                        "batch_size=full"), True),
-    "local_sgd": (("algorithm=local_sgd", "algorithm.local_steps=5"), False),
-    "qsgd": (("compressor=qsgd", "compressor.levels=4"), True),
+    # H=3 with evaluations every 5 steps: params() averages local models that differ
+    "local_sgd": (("algorithm=local_sgd", "algorithm.local_steps=3"), False),
+    "qsgd": (("algorithm=qsgd", "compressor.levels=4"), True),
     "terngrad": (("compressor=terngrad",), True),
 }
 DISTRIBUTED_ONLY = ("comm/bytes_up", "comm/wire_bytes", "comm/wire_header_bytes",
@@ -77,8 +80,9 @@ def _parity_rank(rank: int, port: int, out_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """{name: (simulated (status, history, params), distributed rank 0's)}."""
+def runs(tmp_path_factory, launches):
+    """{name: (simulated (status, history, params), distributed rank 0's)}. Takes `launches`
+    so that, in one pytest process, the command-line scenarios run meanwhile."""
     import torch.multiprocessing as mp
 
     import suite.artifacts
@@ -183,10 +187,91 @@ def test_workers_not_divisible_by_world_size_is_refused_before_start():
 CLI = ("hardware=multi_cpu", "workers=4", "steps=20", "eval_every=5", "task.dataset=synthetic",
        "task.n_samples=200", "task.dim=10", "progress=false", "algorithm=ef_sgd",
        "compressor=topk", "compressor.k=2", "compressor.ratio=null")
+KILL_TIMEOUT_S = 20
+SUITE = (sys.executable, "-m", "suite")
+SCENARIOS = {  # name: (command, extra environment)
+    "multirun": ((*SUITE, "-m", *CLI, "seed=0,1"), {}),
+    "kill_rank0": ((*SUITE, *CLI, "steps=100000", f"hardware.timeout_s={KILL_TIMEOUT_S}"),
+                   {"COMMSGD_TEST_KILL_RANK": "0", "COMMSGD_TEST_KILL_STEP": "5"}),
+    "kill_rank1": ((*SUITE, *CLI, "steps=100000", f"hardware.timeout_s={KILL_TIMEOUT_S}"),
+                   {"COMMSGD_TEST_KILL_RANK": "1", "COMMSGD_TEST_KILL_STEP": "5"}),
+    "torchrun": ((sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                  "--master-addr", "127.0.0.1", "--master-port", "{port}", "-m", "suite", *CLI),
+                 {}),
+}
 
 
-def store(tmp_path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+class Launched:
+    """One scenario's finished command: exit code, output, its directory, when it ended."""
+
+    def __init__(self, proc, directory, stdout, stderr, ended):
+        self.returncode, self.dir, self.ended = proc.returncode, directory, ended
+        self.stdout, self.stderr = stdout.read_text(), stderr.read_text()
+
+
+class Launches:
+    """The command-line scenarios, each a subprocess in its own directory.
+
+    Most of each is process start-up (Python, torch, Hydra, MLflow), so when this file runs in
+    one pytest process the first test that needs a scenario starts all of them and they
+    overlap. Under pytest-xdist each starts only its own: the workers overlap already, and a
+    scenario started in two workers would run twice.
+    """
+
+    def __init__(self, root):
+        self.root, self.running = root, {}
+
+    def _start(self, name):
+        command, extra = SCENARIOS[name]
+        directory = self.root / name
+        directory.mkdir()
+        env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+        command = [c.format(port=_free_port()) for c in command]
+        out, err = directory / "stdout.txt", directory / "stderr.txt"
+        with open(out, "w") as fo, open(err, "w") as fe:
+            proc = subprocess.Popen(command, cwd=directory, env=env, stdout=fo, stderr=fe)
+        ended = {}
+
+        def wait():  # each scenario's own end time, whenever a test asks for it
+            proc.wait()
+            ended["t"] = time.time()
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        self.running[name] = (proc, directory, out, err, ended, waiter)
+
+    def start_all(self):
+        if not os.environ.get("PYTEST_XDIST_WORKER"):
+            for name in SCENARIOS:
+                if name not in self.running:
+                    self._start(name)
+
+    def result(self, name) -> Launched:
+        if name not in self.running:
+            self._start(name)
+        proc, directory, out, err, ended, waiter = self.running[name]
+        waiter.join(timeout=400)
+        if waiter.is_alive():
+            proc.kill()
+            pytest.fail(f"scenario {name} did not end within 400 s")
+        return Launched(proc, directory, out, err, ended["t"])
+
+    def close(self):
+        for proc, *_ in self.running.values():
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def launches(tmp_path_factory):
+    lr = Launches(tmp_path_factory.mktemp("cli"))
+    lr.start_all()
+    yield lr
+    lr.close()
+
+
+def store(directory):
+    client = MlflowClient(tracking_uri=f"sqlite:///{directory / 'mlruns.db'}")
     exp = client.get_experiment_by_name("logreg")
     return client, (client.search_runs([exp.experiment_id]) if exp else [])
 
@@ -208,9 +293,11 @@ def assert_gone(pids):
             assert f.read().split(") ")[1][0] == "Z", f"rank process {pid} is still alive"
 
 
-def test_multirun_sweep_records_each_job_once_with_wire_bytes(tmp_path):
-    proc = run_cli("-m", *CLI, "seed=0,1", cwd=tmp_path)
-    client, runs = store(tmp_path)
+def test_multirun_sweep_records_each_job_once_with_wire_bytes(launches):
+    job = launches.result("multirun")
+    assert job.returncode == 0, job.stderr
+    assert job.stdout.count("commsgd: run finished") == 2
+    client, runs = store(job.dir)
     assert len(runs) == 2  # rank 0 only: one run per job
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.params["seed"] for r in runs} == {"0", "1"}
@@ -220,43 +307,36 @@ def test_multirun_sweep_records_each_job_once_with_wire_bytes(tmp_path):
         m = r.data.metrics
         assert m["comm/wire_bytes"] == m["comm/bytes_up"] > 0
         assert len(client.get_metric_history(r.info.run_id, "train/loss")) == 5
-    assert_gone(launched_pids(proc.stderr))
+    pids = launched_pids(job.stderr)
+    assert len(pids) == 4  # two ranks per job
+    assert_gone(pids)
 
 
-@pytest.mark.parametrize("dead", [1, 0])
-def test_a_rank_dying_mid_run_fails_the_job_quickly_and_cleanly(tmp_path, dead):
-    timeout_s = 20
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COMMSGD_TEST_KILL_RANK=str(dead),
-               COMMSGD_TEST_KILL_STEP="5")
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "suite", *CLI, "steps=100000",
-                           f"hardware.timeout_s={timeout_s}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
-    elapsed = time.monotonic() - started
-    assert proc.returncode == 1, proc.stderr
-    # start-up (two Python processes importing torch on a shared machine) plus the timeout
-    assert elapsed < timeout_s + 60
-    assert f"rank {dead} failed first" in proc.stderr
-    assert "without a Python exception" in proc.stderr  # os._exit: no traceback to show
-    _, runs = store(tmp_path)
+@pytest.mark.parametrize("dead", [0, 1])
+def test_a_rank_dying_mid_run_fails_the_job_quickly_and_cleanly(launches, dead):
+    job = launches.result(f"kill_rank{dead}")
+    assert job.returncode == 1, job.stderr
+    died = re.search(rf"COMMSGD_TEST_KILL_RANK: rank {dead} exits at ([\d.]+)", job.stderr)
+    assert died, job.stderr
+    # from the death to the launcher's exit: the survivors' collective fails (at the latest
+    # at the timeout), rank 0 or the launcher closes the MLflow run, the launcher reports
+    assert job.ended - float(died.group(1)) < KILL_TIMEOUT_S + GRACE_S + TERM_WAIT_S + 30
+    assert f"rank {dead} failed first" in job.stderr
+    assert "without a Python exception" in job.stderr  # os._exit: no traceback to show
+    _, runs = store(job.dir)
     (run,) = runs
     assert run.info.status == "FAILED"
     assert f"rank {dead} failed first" in run.data.tags["failure"]
     assert run.data.tags["distributed.failed_rank"] == str(dead)
-    assert_gone(launched_pids(proc.stderr))
+    assert_gone(launched_pids(job.stderr))
 
 
-def test_torchrun_runs_each_process_as_one_rank(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-         "-m", "suite", *CLI], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("commsgd: run finished") == 1  # rank 0 speaks for the job
-    assert "started 2 ranks" not in proc.stderr  # torchrun started them, not commsgd
-    _, runs = store(tmp_path)
+def test_torchrun_runs_each_process_as_one_rank(launches):
+    job = launches.result("torchrun")
+    assert job.returncode == 0, job.stderr
+    assert job.stdout.count("commsgd: run finished") == 1  # rank 0 speaks for the job
+    assert "started 2 ranks" not in job.stderr  # torchrun started them, not commsgd
+    _, runs = store(job.dir)
     (run,) = runs
     assert run.info.status == "FINISHED"
     assert run.data.metrics["comm/wire_bytes"] == run.data.metrics["comm/bytes_up"] > 0

@@ -18,12 +18,18 @@ def make_backend(hardware: dict, workers: int, device):
     """
     if not hardware.get("backend"):
         return SimulatedBackend(workers, device)
-    from .distributed import DistributedBackend, check_hardware, ensure_process_group
+    from .distributed import (
+        SETUP_TIMEOUT_S,
+        DistributedBackend,
+        check_hardware,
+        ensure_process_group,
+    )
 
     check_hardware(hardware, workers)
     ensure_process_group(hardware)
     return DistributedBackend(workers, device,
-                              dense_collective=hardware.get("dense_collective", "all_reduce"))
+                              dense_collective=hardware.get("dense_collective", "all_reduce"),
+                              setup_timeout_s=max(SETUP_TIMEOUT_S, hardware["timeout_s"]))
 
 
 __all__ = ["SimulatedBackend", "make_backend"]

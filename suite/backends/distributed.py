@@ -30,6 +30,8 @@ counted here.
 from __future__ import annotations
 
 import os
+import sys
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -47,6 +49,10 @@ SIZE_DTYPE = torch.int64  # the size header: one int64 per message
 # no Python exception, no cleanup) just before its (t+1)-th up-link round, to test that the
 # other ranks and the launcher end the job cleanly. Unset in normal use.
 KILL_RANK_ENV, KILL_STEP_ENV = "COMMSGD_TEST_KILL_RANK", "COMMSGD_TEST_KILL_STEP"
+# How long `setup_barrier` waits: one rank's bookkeeping (rank 0 creating its MLflow run: a
+# first SQLite schema, a server's retries) can outlast the process-group timeout on a busy
+# machine, and the other ranks would otherwise time out in their first collective.
+SETUP_TIMEOUT_S = 300.0
 
 
 def worker_block(rank: int, world_size: int, workers: int) -> list[int]:
@@ -119,7 +125,7 @@ class DistributedBackend:
     name = "distributed"
 
     def __init__(self, num_workers: int, device="cpu", *, dense_collective: str = "all_reduce",
-                 group=None):
+                 group=None, setup_timeout_s: float = SETUP_TIMEOUT_S):
         if not dist.is_initialized():
             raise RuntimeError("DistributedBackend needs an initialised process group "
                                "(suite.backends.distributed.ensure_process_group)")
@@ -139,6 +145,10 @@ class DistributedBackend:
         nccl = dist.get_backend(group) == "nccl"
         self.comm_device = device if nccl else torch.device("cpu")
         self.dense_collective = dense_collective
+        # A second (gloo) group, used only by setup_barrier, with its own long timeout; made
+        # here because every rank constructs its backend at the same point of the run.
+        self._setup_group = dist.new_group(backend="gloo",
+                                           timeout=timedelta(seconds=setup_timeout_s))
         self.wire_bytes = 0
         self.wire_header_bytes = 0
         self.wire_padding_bytes = 0
@@ -179,11 +189,20 @@ class DistributedBackend:
     def barrier(self) -> None:
         dist.barrier(group=self.group)
 
+    def setup_barrier(self) -> None:
+        """A barrier that waits up to setup_timeout_s: for a rank doing slow work that is not
+        communication (rank 0 recording the run), not for the training loop's collectives."""
+        dist.barrier(group=self._setup_group)
+
     # -- messages ---------------------------------------------------------------------------
     def mean_of_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
         """Mean over all K workers of their decoded messages; `decoded` holds this rank's."""
         if self._kill_at is not None and self._rounds == self._kill_at:
-            os._exit(1)  # test-only hook, see KILL_RANK_ENV above
+            # test-only hook, see KILL_RANK_ENV above; the time lets a test measure how fast
+            # the job ends after a rank dies
+            print(f"{KILL_RANK_ENV}: rank {self.rank} exits at {time.time():.3f}",
+                  file=sys.stderr, flush=True)
+            os._exit(1)
         self._rounds += 1
         if compressor.is_identity and self.dense_collective == "all_reduce":
             total = decoded.sum(0)
