@@ -144,6 +144,17 @@ def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str 
 
     hw = cfg.hardware
     world_size, timeout_s = int(hw.world_size), float(hw.timeout_s)
+    if hw.backend == "nccl":
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise ConfigError(f"hardware={hw.name} needs GPUs and torch sees none on this host "
+                              f"(torch {torch.__version__}); use hardware=multi_cpu")
+        if world_size > gpus:  # NCCL refuses two ranks on one GPU
+            raise ConfigError(f"hardware={hw.name}: hardware.world_size={world_size} ranks need "
+                              f"one GPU each and this host has {gpus}; use at most {gpus}, or "
+                              "torchrun across hosts (docs/distributed.md)")
     store = host_store(hw.master_port, timeout_s)
     port = store.port
     report_dir = Path(tempfile.mkdtemp(prefix="commsgd-launch-"))
@@ -157,8 +168,9 @@ def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str 
     procs = [ctx.Process(target=_rank_main, args=(rank, spec), name=f"commsgd-rank{rank}",
                          daemon=True) for rank in range(world_size)]
     try:
-        for p in procs:
-            p.start()
+        with _standard_start_method():
+            for p in procs:
+                p.start()
         print(f"commsgd: started {world_size} ranks ({hw.backend} on {MASTER_ADDR}:{port}), "
               f"pids {' '.join(str(p.pid) for p in procs)}", file=sys.stderr, flush=True)
         try:
@@ -177,6 +189,27 @@ def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str 
     finally:
         _stop(procs)
         shutil.rmtree(report_dir, ignore_errors=True)
+
+
+class _standard_start_method:
+    """A spawned child re-applies the parent's *global* start method. Inside a joblib/loky
+    worker (hydra/launcher=parallel) that is 'loky', which a fresh child cannot resolve; make
+    it 'spawn' while the ranks start, then put it back."""
+
+    def __enter__(self):
+        import multiprocessing
+
+        self._previous = multiprocessing.get_start_method(allow_none=True)
+        self._swap = self._previous not in (None, "spawn", "fork", "forkserver")
+        if self._swap:
+            multiprocessing.set_start_method("spawn", force=True)
+
+    def __exit__(self, *exc):
+        if self._swap:
+            import multiprocessing
+
+            multiprocessing.set_start_method(self._previous, force=True)
+        return False
 
 
 def _supervise(procs, timeout_s: float, report_dir: Path) -> tuple[list[int], list[int]]:
