@@ -86,7 +86,13 @@ def main() -> None:
         nbytes = x.numel() * x.element_size()
         t_clone = best_time(lambda x=x: x.clone(), max(3, args.reps))
         clone_gbs = nbytes / t_clone / 1e9
-        print(f"\n[{w}, {d:_}]: torch.clone {clone_gbs:.2f} GB/s ({t_clone * 1e3:.1f} ms)\n")
+        # The floor under every stochastic compressor: one float32 uniform per coordinate from
+        # each worker's own generator (suite.rng), the way the compressors draw them.
+        draw = WorkerStreams(0, "bench", list(range(w)))
+        t_uniform = best_time(lambda d=d, s=draw: s.uniform(d), max(3, args.reps))
+        print(f"\n[{w}, {d:_}]: torch.clone {clone_gbs:.2f} GB/s ({t_clone * 1e3:.1f} ms); "
+              f"uniform draws alone {nbytes / t_uniform / 1e9:.2f} GB/s "
+              f"({t_clone / t_uniform:.2f} of clone)\n")
         print(header)
         print("|---|---|---:|---:|---:|---:|---:|")
         for name, hp in VARIANTS:
