@@ -325,13 +325,17 @@ def _close_run(report_dir: Path, status: str, reason: str, failed_rank: int | No
         return
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=started["tracking_uri"])
     tags = {"failure": reason[:5000]}
     if failed_rank is not None:
         tags["distributed.failed_rank"] = str(failed_rank)
-    for key, value in tags.items():
-        client.set_tag(started["run_id"], key, value)
-    client.set_terminated(started["run_id"], status=status)
+    try:
+        client = MlflowClient(tracking_uri=started["tracking_uri"])
+        for key, value in tags.items():
+            client.set_tag(started["run_id"], key, value)
+        client.set_terminated(started["run_id"], status=status)
+    except Exception as exc:  # the job's own error is what matters; say this one beside it
+        print(f"commsgd: could not mark run {started['run_id']} {status} in "
+              f"{started['tracking_uri']}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 # -- one rank (a spawned child) -----------------------------------------------------------------
