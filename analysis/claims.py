@@ -214,6 +214,20 @@ def claim_local_speedup(groups: list[Group]) -> Claim:
                           + (f"; √(T/(K·b)) at K={Kmax}: {math.sqrt(T / (Kmax * b)):.2g}"
                              if isinstance(T, int) and isinstance(b, int) else ""))
     H0, sp0, ser0 = results[0]
+    # (a) the asymptotic error ∝ 1/(KbT) (§8e: "error ratio for K vs 2K ≈ 2"): the log-log
+    # slope of the final (tail) error against K, −1 for linear speedup
+    slope = rates.log_log_slope([g.workers for g in ser0], [tail_means(g) for g in ser0])
+    c.evidence.insert(0, f"H={H0}: final error ∝ K^s with s = {_fmt(slope)} (−1: linear)")
+    if slope.ok and math.isfinite(slope.lo) and math.isfinite(slope.hi):
+        if slope.lo <= -1.0 <= slope.hi and slope.hi < -0.5:
+            checks.append(True)
+        elif slope.lo > -0.8:
+            checks.append(False)
+        else:
+            checks.append(None)
+    else:
+        checks.append(None)
+    # (b) the iterations to ε: β̂ in S(K) = T_ε(1)/T_ε(K) ∝ K^β
     b = sp0.beta
     if b.ok and math.isfinite(b.lo) and math.isfinite(b.hi):
         # linear: 1 inside the interval, and the interval excludes β ≤ 1/2 (no better than

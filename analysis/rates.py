@@ -536,3 +536,24 @@ def speedup(curves: dict[int, tuple[np.ndarray, np.ndarray]], eps: float, *,
     else:
         beta = NAN
     return Speedup(eps, Ks, T_point, S, E, beta)
+
+
+# ----------------------------------------------------------------- scaling laws (§8b, §8e)
+
+def log_log_slope(x: list[float], samples: list[np.ndarray], *, n_boot: int = N_BOOT,
+                  seed: int = 0, level: float = LEVEL) -> Estimate:
+    """Slope of log mean(samples[i]) against log x[i] by OLS, e.g. the exponent of the
+    asymptotic error in K (−1 for linear speedup, THEORY.md §8e) or of a floor in γ (+1, §8b).
+    samples[i] are per-seed values at x[i] (independent runs); the bootstrap resamples the
+    seeds of each x independently."""
+    lx = np.log(np.asarray(x, dtype=float))
+    if len(lx) < 2 or any(len(s) == 0 for s in samples):
+        return NAN
+    point = np.log([np.mean(s) for s in samples])
+    boot = np.stack([np.asarray(s, float)[boot_indices(len(s), n_boot, seed + 31 * i)].mean(1)
+                     for i, s in enumerate(samples)], axis=1)  # [B, len(x)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slopes = _ols_slopes(lx, np.log(boot))
+    slope = float(_ols_slopes(lx, point[None])[0])
+    lo, hi = interval(slope, slopes, min(len(s) for s in samples), level)
+    return Estimate(slope, lo, hi)

@@ -137,7 +137,9 @@ def load_runs(tracking_uri: str, experiments: list[str] | str, *,
             for m in client.get_metric_history(run.info.run_id, key):
                 histories.append((run.info.run_id, key, int(m.step), float(m.value)))
 
-    runs = pd.DataFrame(rows)
+    base = ["run_id", "experiment", "run_name", "status", "start_time", "end_time", "seed",
+            "group", "task_key", "problem", "method_key", "method", "problem_label"]
+    runs = pd.DataFrame(rows) if rows else pd.DataFrame(columns=base)
     history = pd.DataFrame(histories, columns=["run_id", "key", "step", "value"])
     if not history.empty:
         # a value re-logged at the same step (a resumed run) counts once: the last one

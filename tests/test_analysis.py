@@ -191,6 +191,7 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("exp", artifact_location=(tmp_path / "art").as_uri())
+    client.create_experiment("empty")
     ids = {
         "a": _fake_run(client, exp, seed=0, status="FINISHED", n_steps=100),
         "b": _fake_run(client, exp, seed=1, status="FINISHED", n_steps=100),
@@ -266,3 +267,13 @@ def test_groups_censor_the_failed_seed_and_predictions_come_from_the_theorem(sto
     assert g.rate.rho.value == pytest.approx(0.9, rel=1e-6)
     assert cmp_.rate_bound == pytest.approx(0.95) and cmp_.rate_holds
     assert cmp_.tightness == pytest.approx(math.log(0.9) / math.log(0.95), rel=1e-6)
+
+
+def test_an_experiment_without_runs_gives_empty_frames_and_a_report(store):
+    from analysis.report import Report
+
+    uri, _ = store
+    rs = load_runs(uri, ["empty"])
+    assert rs.runs.empty and rs.history.empty and rs.usable().empty
+    text = Report(rs, n_boot=1000).build().to_markdown()
+    assert "Runs: 0 (none)" in text and "**not run**" in text
