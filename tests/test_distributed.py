@@ -14,6 +14,7 @@ import math
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -211,6 +212,8 @@ SCENARIOS = {  # name: (command, extra environment)
                    {"COMMSGD_TEST_KILL_RANK": "0", "COMMSGD_TEST_KILL_STEP": "5"}),
     "kill_rank1": ((*SUITE, *CLI, "steps=100000", f"hardware.timeout_s={KILL_TIMEOUT_S}"),
                    {"COMMSGD_TEST_KILL_RANK": "1", "COMMSGD_TEST_KILL_STEP": "5"}),
+    "launcher_killed": ((*SUITE, *CLI, "steps=100000000", f"hardware.timeout_s={KILL_TIMEOUT_S}"),
+                        {}),
     "torchrun": ((sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                   "--master-addr", "127.0.0.1", "--master-port", "{port}", "-m", "suite", *CLI),
                  {}),
@@ -260,6 +263,13 @@ class Launches:
         for name in names:
             if name not in self.running:
                 self._start(name)
+
+    def process(self, name):
+        """(the running Popen, its directory, its stderr file) of a scenario."""
+        if name not in self.running:
+            self._start(name)
+        proc, directory, _, err, _, _ = self.running[name]
+        return proc, directory, err
 
     def result(self, name) -> Launched:
         if name not in self.running:
@@ -360,3 +370,36 @@ def test_torchrun_runs_each_process_as_one_rank(launches, scenario):
     (run,) = runs
     assert run.info.status == "FINISHED"
     assert run.data.metrics["comm/wire_bytes"] == run.data.metrics["comm/bytes_up"] > 0
+
+
+def logged_a_step(directory) -> bool:
+    try:
+        with sqlite3.connect(directory / "mlruns.db") as con:
+            return bool(con.execute("select count(*) from metrics where key='train/loss' "
+                                    "and step > 0").fetchone()[0])
+    except sqlite3.Error:  # not created yet
+        return False
+
+
+@pytest.mark.parametrize("scenario", ["launcher_killed"])
+def test_ranks_exit_when_the_launcher_dies(launches, scenario):
+    proc, directory, stderr = launches.process(scenario)
+    deadline = time.monotonic() + 300
+    while not logged_a_step(directory):  # the ranks are in the training loop
+        assert proc.poll() is None, stderr.read_text()
+        assert time.monotonic() < deadline, "the run never logged a step"
+        time.sleep(0.5)
+    pids = launched_pids(stderr.read_text())
+    proc.kill()  # SIGKILL: the launcher gets no chance to stop its ranks
+    killed = time.monotonic()
+    while time.monotonic() - killed < KILL_TIMEOUT_S + GRACE_S + 30:
+        try:
+            assert_gone(pids)
+            break
+        except AssertionError:
+            time.sleep(0.5)
+    assert_gone(pids)
+    _, runs = store(directory)
+    (run,) = runs
+    assert run.info.status == "FAILED"  # rank 0 took the SIGTERM as a failure and said so
+    assert "SIGTERM" in run.data.tags["failure"]
