@@ -290,8 +290,9 @@ def claim_transient_only(groups: list[Group]) -> Claim:
         r = ratio(tail_means(g), b_tail)
         same = same_as_baseline(r)
         merge = merge_step(g, base)
+        when = f"{merge:.0f}" if math.isfinite(merge) else "never (within the run)"
         c.evidence.append(f"{g.method}: tail error / SGD's = {_fmt(r)}; curves merge (within "
-                          f"25%) from step {merge if math.isfinite(merge) else 'never'}")
+                          f"25%) from step {when}")
         if alg == "delayed_sgd":
             merges.append((g.params.get("algorithm.delay"), merge))
         checks.append(same)

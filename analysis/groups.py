@@ -166,8 +166,9 @@ TARGET_LADDER = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def choose_target(groups: list[Group], relative: float | None = None) -> tuple[float, float]:
-    """The target ε for one task, as (ε, relative level): ε = r·F0 with F0 = f(x0) − f*, the
-    initial gap (the same for every run of a task, which all start at x0).
+    """The target ε for the groups of one leaderboard (one problem), as (ε, relative level):
+    ε = r·F0 with F0 = f(x0) − f*, the initial gap (the same for every run of a task, which all
+    start at x0).
 
     Rule: with `relative` given (--target), r = relative. Otherwise r is the smallest level of
     the ladder 1e-4, 1e-3, 1e-2, 1e-1 that at least one group reaches with at least half of its

@@ -85,9 +85,10 @@ class Report:
         self.alpha = alpha
         self.groups = G.build_groups(runset, n_boot=n_boot)
         self.comparisons = {g.group: compare(g) for g in self.groups}
-        self.targets = {task: G.choose_target(gs, target)
-                        for task, gs in G.by_task(self.groups).items()}
-        self.costs = {g.group: G.target_costs(g, self.targets[g.task_key][0], n_boot=n_boot)
+        # one target per leaderboard: per problem (task, K, batch size)
+        self.targets = {problem: G.choose_target(gs, target)
+                        for problem, gs in G.by_problem(self.groups).items()}
+        self.costs = {g.group: G.target_costs(g, self.targets[g.problem][0], n_boot=n_boot)
                       for g in self.groups}
         self.claims = claims_mod.evaluate(self.groups, self.comparisons)
         self.images: dict[str, bytes] = {}
@@ -124,9 +125,10 @@ class Report:
             "Every figure is over seeds: the point estimate comes from the seed-mean curve "
             "(theorems bound expectations) and the bracket is a 95% bootstrap interval over "
             f"seeds ({self.n_boot} resamples; THEORY.md §8).",
-            "Target ε per task: ε = r·F0, with F0 = f(x0) − f* the initial gap, and r the "
-            "smallest of 1e-4, 1e-3, 1e-2, 1e-1 that at least one method reaches with at least "
-            "half of its seeds (or the `--target` value).",
+            "Target ε per leaderboard (one problem: task, K, batch size): ε = r·F0, with "
+            "F0 = f(x0) − f* the initial gap, and r the smallest of 1e-4, 1e-3, 1e-2, 1e-1 "
+            "that at least one method reaches with at least half of its seeds (or the "
+            "`--target` value).",
             "A seed that never reaches ε (or diverged) is censored, not dropped: it counts in "
             "the 'reached' denominator, the median over seeds is the lower median (finite only "
             "if at least half reached), and an interval bound of ∞ means the censoring reaches "
@@ -152,7 +154,7 @@ class Report:
                  "then by iterations. 'reached' is the number of seeds, of all that ended "
                  "(FINISHED or FAILED), that reached ε.")
         for gs in G.by_problem(self.groups).values():
-            eps, r = self.targets[gs[0].task_key]
+            eps, r = self.targets[gs[0].problem]
             doc.heading(f"{gs[0].problem_label}", 3)
             doc.para(f"Target ε = {r:g}·F0 = {eps:.4g} (F0 = {gs[0].initial_gap:.4g}).")
             ranked = sorted(gs, key=lambda g: (self.costs[g.group].bits.median.value,
@@ -201,7 +203,7 @@ class Report:
     def _convergence(self, doc: Doc) -> None:
         doc.heading("Convergence")
         for gs in G.by_problem(self.groups).values():
-            eps = self.targets[gs[0].task_key][0]
+            eps = self.targets[gs[0].problem][0]
             label = gs[0].problem_label
             doc.heading(label, 3)
             png = plots.convergence(gs, label, eps)
@@ -289,7 +291,7 @@ class Report:
                  f"count as not reached). c is measured in the simulator, where one process "
                  f"computes all K workers' gradients: an upper bound on one worker's compute.")
         for gs in G.by_problem(self.groups).values():
-            eps = self.targets[gs[0].task_key][0]
+            eps = self.targets[gs[0].problem][0]
             doc.heading(gs[0].problem_label, 3)
             rows = []
             for g in gs:
