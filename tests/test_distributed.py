@@ -25,7 +25,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from suite.config import ConfigError
-from suite.launch import GRACE_S, TERM_WAIT_S
+from suite.launch import GRACE_S, TERM_WAIT_S, host_store
 from tests.conftest import ROOT, make_cfg
 
 WORLD = 2
@@ -68,8 +68,9 @@ def _parity_rank(rank: int, port: int, out_dir: str) -> None:
     """One rank: every job of JOBS in turn, in one process group (one start-up for all)."""
     from suite.runner import execute
 
+    # the test process serves the store, as suite.launch does (no free-port race)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+                      MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True")
     _fast()
     results = {}
     for name, (overrides, _) in JOBS.items():
@@ -99,8 +100,9 @@ def runs(tmp_path_factory, launches):
 
     out = tmp_path_factory.mktemp("parity")
     threads, plot = torch.get_num_threads(), suite.artifacts.plot_convergence
+    store = host_store(None, 60)
     # start the ranks first, then run the simulated jobs while they work
-    ctx = mp.start_processes(_parity_rank, args=(_free_port(), str(out)), nprocs=WORLD,
+    ctx = mp.start_processes(_parity_rank, args=(store.port, str(out)), nprocs=WORLD,
                              join=False, start_method="spawn")
     try:
         _fast()
