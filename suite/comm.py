@@ -34,25 +34,26 @@ class Channel:
         """Each worker sends C(x_k). Returns (own decoded messages [w, d], their mean over all
         K workers [d])."""
         c = self.compressor
+        scale = None
+        if c.needs_shared_scale:
+            # TernGrad shares one scale across workers (max of the local max-norms): a
+            # collective, so it goes through the backend like every other exchange, and its
+            # time is communication, not compression.
+            with self.stopwatch.time("compress"):
+                local = c.local_scale(x)
+            with self.stopwatch.time("comm"):
+                scale = self.backend.max(local)
         with self.stopwatch.time("compress"):
-            if c.needs_shared_scale:
-                # TernGrad shares one scale across workers (max of the local max-norms): a
-                # collective, so it goes through the backend like every other exchange.
-                with self.stopwatch.time("comm"):
-                    scale = self.backend.max(c.local_scale(x))
-                payload = c.compress(x, self.streams, scale)
-            else:
-                payload = c.compress(x, self.streams)
+            payload = c.compress(x, self.streams) if scale is None else c.compress(
+                x, self.streams, scale)
             own = c.decompress(payload)
         with self.stopwatch.time("comm"):
             mean = self.backend.mean_of_messages(c, payload, own)
         bits = c.bits(payload).to(self.bits_up.device)
         self.bits_up += bits
         self.bytes_up += (bits + 7) // 8
-        if c.entropy_bits is not None:
-            self.entropy_bits_up += c.entropy_bits(payload).to(self.bits_up.device)
-        else:
-            self.entropy_bits_up += c.bits(payload).to(self.bits_up.device)
+        entropy = bits if c.entropy_bits is None else c.entropy_bits(payload)
+        self.entropy_bits_up += entropy.to(self.bits_up.device)
         self.rounds += 1
         return own, mean
 

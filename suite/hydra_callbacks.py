@@ -4,6 +4,7 @@ never race to create an SQLite schema or the same experiment."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -12,7 +13,8 @@ from omegaconf import DictConfig
 
 class PrepareTrackingStore(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if config.tracking.name != "mlflow":
+        # under torchrun every rank runs this callback; only one may create the store
+        if config.tracking.name != "mlflow" or int(os.environ.get("RANK", "0")) != 0:
             return
         from mlflow.tracking import MlflowClient
 
