@@ -131,8 +131,11 @@ def claim_diana_exact(groups: list[Group], comps: dict[str, Comparison]) -> Clai
         checks.append(stalls)
         bound = (f", bound {cmp_.floor_bound:.3g} ({'holds' if cmp_.floor_holds else 'fails'})"
                  if cmp_ is not None and cmp_.floor_bound is not None else "")
+        # the same floor estimate as the theory table: the joint fit where the tail is flat
+        shown = g.joint.F if (g.joint is not None and g.joint.F.ok and stalls) else (
+            g.floor.floor if g.floor else rates.NAN)
         c.evidence.append(f"{g.method}: {'plateau' if stalls else 'no clear floor'} at "
-                          f"{_fmt(g.floor.floor) if g.floor else 'n/a'}{bound}")
+                          f"{_fmt(shown)}{bound}")
     if not diana or not quant:
         checks.append(None)
     c.verdict = _verdict(checks)

@@ -155,7 +155,8 @@ def test_parse_value_restores_the_logged_python_values():
     assert parse_value("theory") == "theory" and parse_value("full") == "full"
 
 
-def _fake_run(client, exp_id, *, seed, status, n_steps, params=None, tags=None, constants=True):
+def _fake_run(client, exp_id, *, seed, status, n_steps, params=None, tags=None, constants=True,
+              curve=None):
     from mlflow.entities import Metric, Param
 
     run = client.create_run(exp_id, run_name=f"r{seed}-{status}", tags=tags or {})
@@ -172,7 +173,8 @@ def _fake_run(client, exp_id, *, seed, status, n_steps, params=None, tags=None, 
                      "sigma_sq": 0.2, "dim": 5, "n": 100}.items():
             ms.append(Metric(f"task/{k}", v, now, 0))
     for t in range(0, n_steps + 1, 10):
-        ms.append(Metric("train/suboptimality", 0.9**t * (1 + 0.01 * seed), now, t))
+        value = curve(t, seed) if curve else 0.9**t * (1 + 0.01 * seed)
+        ms.append(Metric("train/suboptimality", value, now, t))
         ms.append(Metric("comm/bits_up", 160.0 * t, now, t))
     if ms:
         client.log_batch(run.info.run_id, metrics=ms)
@@ -205,6 +207,23 @@ def store(tmp_path_factory):
         "summary": _fake_run(client, exp, seed=0, status="FINISHED", n_steps=0,
                              tags={"commsgd.report": "true"}, constants=False),
     }
+    # an `ef_delay` experiment (the preset's name) with a stochastic-looking 1/t decay: SGD and
+    # EF-top-k share it, top-k without EF stalls 10× higher, delayed SGD lags early then merges
+    ef = client.create_experiment("ef_delay")
+    methods = {
+        "sgd": ({"algorithm.name": "sgd"}, lambda t, s: (1 + 0.1 * s) / (1 + t)),
+        "ef": ({"algorithm.name": "ef_sgd", "compressor.name": "topk",
+                "algorithm.error_feedback": "True"}, lambda t, s: (1.05 + 0.1 * s) / (1 + t)),
+        "noef": ({"algorithm.name": "ef_sgd", "compressor.name": "topk",
+                  "algorithm.error_feedback": "False"},
+                 lambda t, s: 10 * (1 + 0.1 * s) / (1 + 0.1 * t) ** 0.5 / 3),
+        "delay": ({"algorithm.name": "delayed_sgd", "algorithm.delay": "8"},
+                  lambda t, s: (1 + 0.1 * s) / (1 + t) * (1 + 8 / (1 + t))),
+    }
+    for params, curve in methods.values():
+        for seed in range(3):
+            _fake_run(client, ef, seed=seed, status="FINISHED", n_steps=300, curve=curve,
+                      params={"lr_schedule": "decaying", **params})
     return uri, ids
 
 
@@ -277,3 +296,21 @@ def test_an_experiment_without_runs_gives_empty_frames_and_a_report(store):
     assert rs.runs.empty and rs.history.empty and rs.usable().empty
     text = Report(rs, n_boot=1000).build().to_markdown()
     assert "Runs: 0 (none)" in text and "**not run**" in text
+
+
+def test_claims_read_their_presets_runs_and_say_not_run_otherwise(store):
+    from analysis import claims, groups, theory
+
+    uri, _ = store
+    gs = groups.build_groups(load_runs(uri, ["ef_delay"]), n_boot=1000)
+    verdicts = {c.number: c for c in claims.evaluate(gs, {g.group: theory.compare(g)
+                                                          for g in gs})}
+    assert {verdicts[n].verdict for n in (1, 2, 3)} == {"not run"}
+    assert verdicts[4].verdict == "supported", verdicts[4].evidence
+    assert verdicts[5].verdict == "supported", verdicts[5].evidence
+    assert any("no EF" in e and "tail error / SGD's" in e for e in verdicts[5].evidence)
+    # the same curves with the no-EF run matching SGD: "can fail" is then not shown
+    for g in gs:
+        if g.params.get("algorithm.error_feedback") is False:
+            g.ended = next(h for h in gs if h.params["algorithm.name"] == "sgd").ended
+    assert claims.claim_ef_needed(gs).verdict == "partly supported"
