@@ -390,6 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--target={args.target}: a relative level in (0, 1), e.g. 1e-4")
     uri = args.tracking_uri or default_uri()
     experiments = args.experiment or ["logreg"]
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        # MLflow would create an empty store there; a missing file is a wrong directory
+        print(f"commsgd-report: no MLflow store at {uri[len('sqlite:///'):]} (run commsgd-run "
+              f"there first, or pass --tracking-uri)", file=sys.stderr)
+        return 2
     try:
         md, page, run_id = build_report(uri, experiments, Path(args.out), target=args.target,
                                         n_boot=args.n_boot, log_run=not args.no_log)

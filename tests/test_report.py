@@ -243,3 +243,12 @@ def test_every_preset_is_a_sweep_whose_points_compose_into_valid_runs(preset):
     for key, values in params.items():
         if not key.startswith("+"):
             assert "," in str(values), (key, values)  # a sweep, not a single value
+
+
+def test_a_missing_store_is_a_clear_error_and_creates_nothing(tmp_path, capsys):
+    from analysis.report import main
+
+    uri = f"sqlite:///{tmp_path / 'nope' / 'mlruns.db'}"
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path / "out")]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "nope").exists() and not (tmp_path / "out").exists()
