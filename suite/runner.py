@@ -305,7 +305,9 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
     else:
         state = checkpoint.restore(restored, run)
         start, wall, initial_loss = restored["step"], restored["wall"], restored["initial_loss"]
-        metrics = run.evaluate(state) | _times(run, wall)
+        # no evaluation here: it would consume a task's running train-loss sums, so the next
+        # logged train/loss would differ from the uninterrupted run's
+        metrics = {} if start < steps else run.evaluate(state)
     bar = _progress(cfg, run, start)
     lr_log: dict[int, float] = {}
     fail_at = int(os.environ.get("COMMSGD_TEST_FAIL_AT_STEP", -1))  # test hook: a crash

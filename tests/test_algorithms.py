@@ -427,3 +427,27 @@ def test_state_holds_everything_a_checkpoint_needs(name, tmp_path):
     for t in range(10, 20):
         state = second.algorithm.step(state, t, second.schedule(t))
     assert torch.equal(second.algorithm.params(state), straight[-1])
+
+
+def test_sgd_heavy_ball_momentum_follows_its_recursion():
+    """v_{t+1} = βv_t + ḡ_t, x_{t+1} = x_t − γv_{t+1}: rebuild the iterates from the logged
+    averaged messages of a momentum-free run on the same full-gradient problem."""
+    from tests.conftest import make_cfg
+    from suite.runner import Run
+
+    common = ("batch_size=full", "workers=2", "task.l2=0.01", "lr=0.5")
+    run = Run(make_cfg(*common, "algorithm.momentum=0.9"))
+    state = run.algorithm.init(run.task.x0())
+    x, v = run.task.x0().clone(), torch.zeros(run.task.dim, dtype=torch.float64)
+    for t in range(5):
+        state = run.algorithm.step(state, t, 0.5)
+        g = run.task.grads(x, None).to(torch.float32).to(torch.float64).mean(0)
+        v = 0.9 * v + g.to(torch.float32).to(torch.float64)
+        x = x - 0.5 * v
+        torch.testing.assert_close(state.x, x, rtol=1e-12, atol=1e-14)
+    plain = Run(make_cfg(*common))
+    s0 = plain.algorithm.step(plain.algorithm.init(plain.task.x0()), 0, 0.5)
+    s1 = plain.algorithm.step(s0, 1, 0.5)
+    assert not torch.equal(s1.x, state.x)
+    with pytest.raises(Exception, match="lr=theory: no theorem"):
+        Run(make_cfg("algorithm.momentum=0.9"))

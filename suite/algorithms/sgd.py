@@ -2,6 +2,13 @@
 
     x_{t+1} = x_t − γ_t · (1/K) Σ_k C(g_t^k),    g_t^k = (1/b) Σ_{j∈B_t^k} ∇f_j(x_t)
 
+With `momentum` β > 0, the server applies heavy-ball momentum (Polyak 1964) to the averaged
+message, as deep-learning recipes do (He et al. 2016 train CIFAR ResNets with β = 0.9):
+
+    v_{t+1} = β v_t + (1/K) Σ_k C(g_t^k),    x_{t+1} = x_t − γ_t v_{t+1},    v_0 = 0.
+
+The theorems below are for β = 0; with β > 0, lr=theory is refused.
+
 With the identity compressor this is minibatch parallel SGD (THEORY.md §2); with an unbiased
 compressor it is QSGD (Alistarh et al. 2017), TernGrad (Wen et al. 2017) or, with full local
 gradients, DQGD (Khirirat, Feyzmahdavian & Johansson 2018) (THEORY.md §6); with a biased one
@@ -15,29 +22,38 @@ from typing import NamedTuple
 
 import torch
 
-from .base import Algorithm, Context, Theorem
+from .base import Algorithm, ConfigurationError, Context, Theorem
 from .common import check_lr, no_theorem, sigma_sq
 
 
 class SGDState(NamedTuple):
     x: torch.Tensor
+    v: torch.Tensor  # the server's momentum buffer (all zeros when momentum = 0)
 
 
-def build(ctx: Context) -> Algorithm:
+def build(ctx: Context, *, momentum: float = 0.0) -> Algorithm:
+    if not 0.0 <= momentum < 1.0:
+        raise ConfigurationError(f"algorithm.momentum={momentum}: allowed 0 <= momentum < 1")
+
     def init(x0):
-        return SGDState(x0.clone())
+        return SGDState(x0.clone(), torch.zeros_like(x0))
 
     def step(state, t, lr):
         check_lr(lr, "sgd", "a biased compressor without error feedback can diverge")
         g = ctx.grads(state.x)
         _, g_mean = ctx.channel.send_up(g)
-        return SGDState(state.x - lr * ctx.channel.broadcast(g_mean))
+        g_mean = ctx.channel.broadcast(g_mean)
+        if momentum == 0.0:
+            # kept apart so that β = 0 is exactly plain SGD, not SGD up to 0·v rounding
+            return SGDState(state.x - lr * g_mean, state.v)
+        v = momentum * state.v + g_mean
+        return SGDState(state.x - lr * v, v)
 
     return Algorithm("sgd", init, step, lambda s: s.x)
 
 
 def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | None = 0.0,
-            lr: float | None = None, **_) -> Theorem:
+            lr: float | None = None, momentum: float = 0.0, **_) -> Theorem:
     """THEORY.md §2 (ω = 0) and §6 (unbiased ω): for γ ≤ 1/(L(1 + 2ω/K)),
 
         E‖x_t − x*‖² ≤ (1 − γμ)^t r0 + (γ/(μK))·(2ωζ*² + (1 + ω)σ²/b).
@@ -51,6 +67,8 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
     if omega is None:
         return no_theorem("compressed SGD with a biased compressor can diverge; "
                           "use algorithm=ef_sgd")
+    if momentum:
+        return no_theorem("the bounds of THEORY.md §2 and §6 are for momentum = 0")
     L = c["L"] if omega == 0 else c["L_max"]
     lr_max = 1.0 / (L * (1.0 + 2.0 * omega / workers))
     gamma = lr_max if lr is None else lr
