@@ -48,6 +48,28 @@ def loop_step_factory(run: Run):
     return step
 
 
+def _suite_runner(run: Run):
+    state = [run.algorithm.init(run.task.x0())]
+
+    def steps(m):
+        s = state[0]
+        for t in range(m):
+            s = run.algorithm.step(s, t, 0.05)
+        state[0] = s
+
+    return steps
+
+
+def _loop_runner(run: Run):
+    loop, x = loop_step_factory(run), [run.task.x0()]
+
+    def steps(m):
+        for _ in range(m):
+            x[0] = loop(x[0], 0.05)
+
+    return steps
+
+
 def simulator_table(quick: bool) -> str:
     rows = []
     for K in (1, 4, 16, 64):
@@ -55,21 +77,7 @@ def simulator_table(quick: bool) -> str:
                       "batch_size=16", f"workers={K}", "lr=0.05")
         run = Run(cfg)
         n = 200 if quick else 1000
-        state = [run.algorithm.init(run.task.x0())]
-
-        def suite_steps(m):
-            s = state[0]
-            for t in range(m):
-                s = run.algorithm.step(s, t, 0.05)
-            state[0] = s
-
-        loop = loop_step_factory(run)
-        x = [run.task.x0()]
-
-        def loop_steps(m):
-            for _ in range(m):
-                x[0] = loop(x[0], 0.05)
-
+        suite_steps, loop_steps = _suite_runner(run), _loop_runner(run)
         fast, slow = best_rate(suite_steps, n), best_rate(loop_steps, max(n // 4, 50))
         rows.append([K, f"{fast:,.0f}", f"{slow:,.0f}", f"{fast / slow:.1f}x"])
     k1 = float(rows[0][1].replace(",", ""))
