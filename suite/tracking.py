@@ -25,6 +25,8 @@ import argparse
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -97,12 +99,38 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     )
 
 
+class shielded:
+    """Hold back Ctrl-C (SIGINT) and SIGTERM while a store call runs, and deliver them right
+    after it. An interrupt inside an SQLite write can leave the database locked by a dead
+    transaction, and the run could then not be closed: it would stay RUNNING."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.active = threading.current_thread() is threading.main_thread()
+        self.caught: list[int] = []
+        if self.active:
+            self.previous = {s: signal.signal(s, lambda sig, frame: self.caught.append(sig))
+                             for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        if not self.active:
+            return False
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        for sig in self.caught[:1]:
+            signal.raise_signal(sig)  # now, with the original handler back in place
+        return False
+
+
 def retry(fn, what: str, *, attempts: int = 6, first_delay: float = 0.2):
     """Call fn(), retrying with exponential backoff on store errors (locks, restarts)."""
     delay = first_delay
     for attempt in range(attempts):
         try:
-            return fn()
+            with shielded():
+                return fn()
         except Exception as exc:  # MLflow wraps SQLAlchemy and HTTP errors in many types
             if attempt == attempts - 1:
                 raise
@@ -211,7 +239,8 @@ class MlflowTracker(NullTracker):
                     retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk),
                           "log_batch")
                 else:
-                    self.client.log_batch(self.run_id, metrics=chunk)
+                    with shielded():
+                        self.client.log_batch(self.run_id, metrics=chunk)
             except Exception as exc:
                 if patient:
                     raise
@@ -239,7 +268,8 @@ class MlflowTracker(NullTracker):
                     raise RuntimeError("store refused the metrics")
                 if reason:
                     self.set_tags({"failure": reason})
-                self.client.set_terminated(self.run_id, status=status)
+                with shielded():
+                    self.client.set_terminated(self.run_id, status=status)
                 return
             except Exception as exc:
                 last_error = exc

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,13 @@ def compute_cached(A, b, shards, l2, *, key) -> dict:
         with np.load(path) as stored:
             return {k: (stored[k] if k == "x_star" else float(stored[k])) for k in stored.files}
     result = compute(A, b, shards, l2)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **result)
-    os.replace(tmp, path)  # atomic: parallel jobs never read a half-written cache file
+    # a temporary name of this process's own, then an atomic rename: parallel jobs (or the
+    # ranks of one distributed job) may compute the same constants at once, and none of them
+    # may read a half-written file or rename another's temporary away
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **result)
+    os.replace(tmp, path)
     return result
 
 
