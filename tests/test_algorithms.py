@@ -430,10 +430,11 @@ def test_state_holds_everything_a_checkpoint_needs(name, tmp_path):
 
 
 def test_sgd_heavy_ball_momentum_follows_its_recursion():
-    """v_{t+1} = βv_t + ḡ_t, x_{t+1} = x_t − γv_{t+1}: rebuild the iterates from the logged
-    averaged messages of a momentum-free run on the same full-gradient problem."""
-    from tests.conftest import make_cfg
+    """v_{t+1} = βv_t + ḡ_t, x_{t+1} = x_t − γv_{t+1}: the iterates equal a by-hand recursion
+    over the task's full gradients (cast to the float32 wire as the channel does), and differ
+    from the momentum-free iterates; lr=theory is refused with momentum."""
     from suite.runner import Run
+    from tests.conftest import make_cfg
 
     common = ("batch_size=full", "workers=2", "task.l2=0.01", "lr=0.5")
     run = Run(make_cfg(*common, "algorithm.momentum=0.9"))
