@@ -39,7 +39,8 @@ def plot_convergence(frame: pd.DataFrame, out_dir: Path, title: str) -> Path | N
     axes[0].set_xlabel("iteration t")
     axes[0].set_ylabel(key)
     if "comm/bits_up" in curve:
-        axes[1].loglog(curve["comm/bits_up"].clip(lower=1), positive)
+        sent = curve["comm/bits_up"] > 0  # a log axis has no place for the start, 0 bits
+        axes[1].loglog(curve["comm/bits_up"][sent], positive[sent])
         axes[1].set_xlabel("bits sent up per worker (cumulative)")
         axes[1].set_ylabel(key)
     for ax in axes:

@@ -38,6 +38,10 @@ def summary(result, cfg) -> str:
     for key in shown:
         if key in result.final:
             lines.append(f"  {key:<22} {result.final[key]:.6g}")
+    plot = Path(HydraConfig.get().runtime.output_dir) / "convergence.png" \
+        if HydraConfig.initialized() else None
+    if plot is not None and plot.exists():
+        lines.append(f"  curves and plot in {plot.parent} (convergence.png, curves.csv)")
     if result.run_id:
         lines.append(f"  logged to {result.tracking_uri}")
         lines.append(f"  experiment '{result.experiment}', run {result.run_id}")
