@@ -272,15 +272,22 @@ def _baseline(gs: list[Group]) -> Group | None:
     return None
 
 
+def _baseline_or_inconclusive(c: Claim, gs: list[Group]) -> Group | None:
+    """The sgd/identity baseline of an experiment's runs; when runs exist but none is the
+    baseline, the claim is marked inconclusive and says why."""
+    base = _baseline(gs)
+    if base is None and gs:
+        c.verdict = "inconclusive"
+        c.evidence.append("no sgd/identity baseline among the runs")
+    return base
+
+
 def claim_transient_only(groups: list[Group]) -> Claim:
     c = Claim(4, "Delay τ and EF compression δ change only the transient: the asymptotic "
                  "σ²/(μT) term matches SGD", "ef_delay")
     gs = _runs_of(groups, c.experiment)
-    base = _baseline(gs)
+    base = _baseline_or_inconclusive(c, gs)
     if base is None:
-        if gs:
-            c.verdict = "inconclusive"
-            c.evidence.append("no sgd/identity baseline among the runs")
         return c
     checks: list[bool | None] = []
     b_tail = tail_means(base)
@@ -336,10 +343,8 @@ def claim_ef_needed(groups: list[Group]) -> Claim:
     c = Claim(5, "EF-sign/top-k without error feedback can fail to converge; with EF they match "
                  "SGD asymptotically", "ef_delay")
     gs = _runs_of(groups, c.experiment)
-    base = _baseline(gs)
+    base = _baseline_or_inconclusive(c, gs)
     if base is None:
-        if gs:
-            c.verdict = "inconclusive"
         return c
     checks: list[bool | None] = []
     b_tail = tail_means(base)
