@@ -27,18 +27,23 @@ from suite.runner import Run, execute
 
 
 def loop_step_factory(run: Run):
-    """One SGD step written as a per-worker Python loop over the same data and streams."""
+    """One SGD step written as a per-worker Python loop over the same data and stream.
+
+    It draws the step's sampling uniforms as the suite does (one [K, b] block from the shared
+    sampling stream), so both compute the same iterates; then, worker by worker: its minibatch,
+    its gradient, its float32 message; then the average and the float32 broadcast.
+    """
     task = run.task
-    gens = run.sample_streams.generators
+    gen = run.sample_streams.generator
     b = run.batch_size
     K = task.num_workers
 
     def step(x, lr):
+        u_all = torch.empty(K, b, dtype=torch.float64).uniform_(0, 1, generator=gen)
         total = torch.zeros_like(x)
         for k in range(K):
             n_k = int(task.n_held[k])
-            u = torch.empty(b, dtype=torch.float64).uniform_(0, 1, generator=gens[k])
-            idx = (u * n_k).long()
+            idx = (u_all[k] * n_k).long()
             A, y = task.A_shards[k, idx], task.b_shards[k, idx]
             coef = -y * torch.sigmoid(-y * (A @ x)) * (K * n_k / (task.n * b))
             g = A.T @ coef + task.l2 * x

@@ -21,7 +21,7 @@ import torch
 
 from suite.config import ConfigError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one shared sampling stream (suite.rng.SharedStream)
 
 
 def default_path(launch_dir: Path, config_hash: str) -> Path:
@@ -39,8 +39,7 @@ def save(path: Path, *, run, state, step: int, wall: float, initial_loss: float,
         "state": state,
         "sample_streams": run.sample_streams.get_state(),
         "compress_streams": run.compress_streams.get_state(),
-        "channel": {"bits_up": channel.bits_up, "entropy_bits_up": channel.entropy_bits_up,
-                    "bits_down": channel.bits_down, "rounds": channel.rounds},
+        "channel": channel.counters() | {"rounds": channel.rounds},
         "stopwatch": dict(run.stopwatch.totals),
         "wall": wall,
         "initial_loss": initial_loss,
@@ -80,9 +79,7 @@ def restore(payload: dict, run):
     run.sample_streams.set_state(payload["sample_streams"])
     run.compress_streams.set_state(payload["compress_streams"])
     ch = payload["channel"]
-    run.channel.bits_up.copy_(ch["bits_up"])
-    run.channel.entropy_bits_up.copy_(ch["entropy_bits_up"])
-    run.channel.bits_down.copy_(ch["bits_down"])
+    run.channel.load_counters(ch)
     run.channel.rounds = ch["rounds"]
     run.stopwatch.totals.update(payload["stopwatch"])
     if payload.get("task_state") is not None:

@@ -22,12 +22,18 @@ class Channel:
         self.stopwatch = stopwatch
         w = len(backend.worker_ids)
         device = backend.device
+        # Cumulative bits per held worker, for messages whose size depends on their content.
         self.bits_up = torch.zeros(w, dtype=torch.int64, device=device)
         self.entropy_bits_up = torch.zeros(w, dtype=torch.int64, device=device)
-        self.bits_down = torch.zeros(w, dtype=torch.int64, device=device)
         # Σ ceil(bits/8) per worker: the compressor's accounting in whole bytes, which a
         # distributed backend's count of the bytes it actually ships must equal.
         self.bytes_up = torch.zeros(w, dtype=torch.int64, device=device)
+        # Messages of a fixed size (a dense float vector, the broadcast) cost every worker the
+        # same: they are counted in Python integers, exactly, and spare the hot path three
+        # tensor updates per step. `counters()` adds both parts.
+        self._fixed_bits_up = 0
+        self._fixed_bytes_up = 0
+        self._bits_down = 0
         self.rounds = 0
 
     def send_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,18 +55,46 @@ class Channel:
             own = c.decompress(payload)
         with self.stopwatch.time("comm"):
             mean = self.backend.mean_of_messages(c, payload, own)
+        self._count_up(c, payload, x.shape[1])
+        self.rounds += 1
+        return own, mean
+
+    def _count_up(self, c, payload, d: int) -> None:
+        fixed = c.fixed_bits(d) if c.fixed_bits is not None else None
+        if fixed is not None:
+            self._fixed_bits_up += fixed
+            self._fixed_bytes_up += (fixed + 7) // 8
+            return
         bits = c.bits(payload).to(self.bits_up.device)
         self.bits_up += bits
         self.bytes_up += (bits + 7) // 8
         entropy = bits if c.entropy_bits is None else c.entropy_bits(payload)
         self.entropy_bits_up += entropy.to(self.bits_up.device)
-        self.rounds += 1
-        return own, mean
 
     def broadcast(self, v: torch.Tensor) -> torch.Tensor:
         """The server sends the dense vector v [d] to every worker as float32."""
-        self.bits_down += DOWNLINK_BITS_PER_COORDINATE * v.numel()
+        self._bits_down += DOWNLINK_BITS_PER_COORDINATE * v.numel()
         return v.to(torch.float32).to(v.dtype)
+
+    def counters(self) -> dict[str, torch.Tensor]:
+        """Cumulative per-worker counts [w] (int64): bits_up, entropy_bits_up, bits_down and
+        bytes_up. What a checkpoint saves and `load_counters` restores."""
+        return {
+            "bits_up": self.bits_up + self._fixed_bits_up,
+            "entropy_bits_up": self.entropy_bits_up + self._fixed_bits_up,
+            "bits_down": torch.full_like(self.bits_up, self._bits_down),
+            "bytes_up": self.bytes_up + self._fixed_bytes_up,
+        }
+
+    def load_counters(self, counters: dict[str, torch.Tensor]) -> None:
+        for name in ("bits_up", "entropy_bits_up", "bytes_up"):
+            getattr(self, name).copy_(counters[name])
+        down = counters["bits_down"]
+        if down.numel() and not bool((down == down[0]).all()):
+            raise ValueError("checkpoint: bits_down differs between workers; every worker "
+                             "receives the same broadcasts")
+        self._bits_down = int(down[0]) if down.numel() else 0
+        self._fixed_bits_up = self._fixed_bytes_up = 0
 
     def totals(self) -> dict[str, float]:
         """Cumulative bits per worker, averaged over all K workers (a collective).
@@ -69,8 +103,9 @@ class Channel:
         handed to the collectives beside `comm/bytes_up`, the compressor's Σ ceil(bits/8).
         """
         K = self.backend.num_workers
-        stacked = torch.stack([self.bits_up, self.entropy_bits_up, self.bits_down,
-                               self.bytes_up], 1)
+        c = self.counters()
+        stacked = torch.stack([c["bits_up"], c["entropy_bits_up"], c["bits_down"],
+                               c["bytes_up"]], 1)
         up, entropy_up, down, bytes_up = (self.backend.sum(stacked.double()) / K).tolist()
         out = {
             "comm/bits_up": up,

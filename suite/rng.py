@@ -1,12 +1,16 @@
-"""Per-worker random streams.
+"""Random streams that do not depend on how workers are laid out over processes.
 
-Every worker owns one `torch.Generator`, seeded from (run seed, stream name, global worker id).
-Because the stream belongs to the *worker* and not to the process, a worker draws the same numbers
-whether the simulated backend holds all K workers in one process or torch.distributed spreads them
-over ranks; that is what makes the simulated and distributed runs produce identical iterates.
+A worker draws the same numbers whether the simulated backend holds all K workers in one
+process or torch.distributed spreads them over ranks; that is what makes the simulated and
+distributed runs produce identical iterates. Two ways to get there, for two sizes of draw:
 
-Drawing is the only per-worker loop in the suite: one generator call per worker fills that
-worker's row of a preallocated [w, ...] buffer, and everything downstream is batched.
+- `WorkerStreams`: every worker owns one `torch.Generator`, seeded from (run seed, stream name,
+  global worker id), and one generator call per held worker fills that worker's row. Used for
+  compression, whose draws are d numbers per worker: each rank draws only its own rows.
+- `SharedStream`: one generator, seeded from (run seed, stream name), drawn for all K workers at
+  once on every rank; a rank keeps its own rows. Used for minibatch sampling, whose draws are b
+  numbers per worker: drawing all K·b of them everywhere costs nothing, and one generator call
+  replaces K of them on the hot path (at K = 16 the per-worker calls were a fifth of a step).
 """
 
 from __future__ import annotations
@@ -20,6 +24,51 @@ def derive_seed(seed: int, stream: str, worker: int) -> int:
     """A 63-bit seed for `stream` of `worker`, stable across Python versions and processes."""
     digest = hashlib.blake2b(f"{seed}/{stream}/{worker}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class SharedStream:
+    """One stream for all K workers: each draw is [K, ...], and a process keeps its held rows.
+
+    Every rank draws the same [K, ...] block, so its generator stays in step with every other
+    rank's and a worker's row does not depend on which rank holds it.
+    """
+
+    def __init__(self, seed: int, stream: str, worker_ids: list[int], num_workers: int,
+                 device="cpu"):
+        self.worker_ids = list(worker_ids)
+        self.num_workers = num_workers
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(derive_seed(seed, stream, -1))  # -1: no single worker
+        first = self.worker_ids[0] if self.worker_ids else 0
+        contiguous = self.worker_ids == list(range(first, first + len(self.worker_ids)))
+        # held rows as a slice where possible (a view, no copy); an index otherwise
+        self._rows = (slice(first, first + len(self.worker_ids)) if contiguous else
+                      torch.as_tensor(self.worker_ids, device=self.device))
+        self._all = contiguous and len(self.worker_ids) == num_workers
+
+    def __len__(self) -> int:
+        return len(self.worker_ids)
+
+    def uniform(self, *shape: int, dtype=torch.float32) -> torch.Tensor:
+        """U[0, 1) draws of shape [w, *shape]: the held rows of one [K, *shape] draw."""
+        out = torch.empty((self.num_workers, *shape), dtype=dtype, device=self.device)
+        out.uniform_(0.0, 1.0, generator=self.generator)
+        return out if self._all else out[self._rows]
+
+    def worker_seeds(self, purpose: str) -> list[int]:
+        """One integer seed per held worker for `purpose`, from this stream's seed and the
+        worker's global id: per-worker randomness drawn outside the stream (delays)."""
+        return [derive_seed(self.generator.initial_seed(), purpose, k) for k in self.worker_ids]
+
+    def get_state(self) -> list[torch.Tensor]:
+        return [self.generator.get_state()]
+
+    def set_state(self, states: list[torch.Tensor]) -> None:
+        if len(states) != 1:
+            raise ValueError(f"checkpoint holds {len(states)} sampling generator states; this "
+                             f"version keeps one shared sampling stream")
+        self.generator.set_state(states[0])
 
 
 class WorkerStreams:

@@ -30,7 +30,7 @@ from suite.compressors import REGISTRY as COMPRESSORS
 from suite.compressors import build_compressor
 from suite.config import ConfigError, bind, check_root, flatten, group_kwargs, resolved_dict
 from suite.hardware import select_device
-from suite.rng import WorkerStreams
+from suite.rng import SharedStream, WorkerStreams
 from suite.schedules import make_schedule
 from suite.timing import Stopwatch
 from suite.tracking import MlflowTracker, NullTracker, check_reachable, default_uri
@@ -122,7 +122,7 @@ class Run:
 
         self.stopwatch = Stopwatch(self.device)
         ids = self.backend.worker_ids
-        self.sample_streams = WorkerStreams(cfg.seed, "sampling", ids, self.device)
+        self.sample_streams = SharedStream(cfg.seed, "sampling", ids, K, self.device)
         self.compress_streams = WorkerStreams(cfg.seed, "compression", ids, self.device)
         self.channel = Channel(self.backend, self.compressor, self.compress_streams,
                                self.stopwatch)

@@ -77,10 +77,18 @@ class LogisticRegression:
         as_t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
         self.A_shards, self.b_shards, self.w_shards = as_t(A), as_t(b), as_t(weight)
         self.n_held = torch.as_tensor([len(s) for s in held], device=self.device)
-        # views used by minibatch sampling, precomputed off the hot path
+        # Precomputed off the hot path. The gradient coefficient of sample j is
+        #     −b_j σ(−b_j z_j) · weight_j,
+        # so each step needs −b_j and −b_j·weight_j; both are tabulated here, once.
         self.A_flat, self.b_flat = self.A_shards.view(w * m, d), self.b_shards.view(w * m)
+        self._neg_b_shards = -self.b_shards
+        self._neg_b_flat = self._neg_b_shards.view(w * m)
+        self._neg_b_weight_full = -self.b_shards * self.w_shards  # [w, m], 0 on padding
         self._row_offsets = (torch.arange(w, device=self.device) * m)[:, None]
         self._sample_weight = self.num_workers * self.n_held.to(self.dtype) / self.n
+        self._neg_b_weight_batch: dict[int, torch.Tensor] = {}
+        self._n_held_col = self.n_held.to(torch.float64)[:, None]
+        self._last_row_col = self.n_held[:, None] - 1
 
     # -- what the engine calls ------------------------------------------------------------
     def x0(self) -> torch.Tensor:
@@ -91,26 +99,39 @@ class LogisticRegression:
         if batch_size is None:
             return None
         u = streams.uniform(batch_size, dtype=torch.float64)
-        return (u * self.n_held[:, None]).long().clamp_max(self.n_held[:, None] - 1)
+        # the clamp guards u·n_k rounding up to n_k when u is within an ulp of 1
+        return (u * self._n_held_col).long().clamp_max_(self._last_row_col)
 
     def grads(self, x: torch.Tensor, batch) -> torch.Tensor:
+        """Every held worker's gradient [w, d] at x ([d], shared, or [w, d], one per worker):
+        full local gradients when batch is None, else over the sampled indices [w, b]."""
         w = len(self.worker_ids)
         X = x.expand(w, -1) if x.dim() == 1 else x
         if batch is None:
-            A, b, weight = self.A_shards, self.b_shards, self.w_shards
+            A, neg_b, neg_b_weight = self.A_shards, self._neg_b_shards, self._neg_b_weight_full
         else:
             # one index_select over the flattened shards is several times faster than
             # advanced indexing with a (rows, batch) pair
+            size = batch.shape[1]
             flat = (batch + self._row_offsets).view(-1)
-            A = self.A_flat.index_select(0, flat).view(w, batch.shape[1], self.dim)
-            b = self.b_flat.index_select(0, flat).view(w, batch.shape[1])
-            # each of the b samples stands for n_k/b of the shard: weight K·n_k/(n·b)
-            weight = (self._sample_weight / batch.shape[1])[:, None]
+            A = self.A_flat.index_select(0, flat).view(w, size, self.dim)
+            neg_b = self._neg_b_flat.index_select(0, flat).view(w, size)
+            neg_b_weight = self._batch_table(size).index_select(0, flat).view(w, size)
         # z_k = A_k x_k as a row vector times Aᵀ: on the CPU, torch's batched GEMV is several
         # times slower in the [w, b, d]·[w, d, 1] orientation than in this one
         z = torch.bmm(X.unsqueeze(1), A.mT).squeeze(1)
-        coef = -b * torch.sigmoid(-b * z) * weight
-        return torch.bmm(coef.unsqueeze(1), A).squeeze(1) + self.l2 * X
+        coef = torch.sigmoid(neg_b * z).mul_(neg_b_weight)
+        return torch.bmm(coef.unsqueeze(1), A).squeeze(1).add_(X, alpha=self.l2)
+
+    def _batch_table(self, size: int) -> torch.Tensor:
+        """−b_j · K·n_k/(n·size) for every shard row j: each of the `size` sampled samples
+        stands for n_k/size of worker k's shard. Computed once per batch size."""
+        table = self._neg_b_weight_batch.get(size)
+        if table is None:
+            weight = (self._sample_weight / size)[:, None].expand_as(self.b_shards)
+            table = (self._neg_b_shards * weight).reshape(-1)
+            self._neg_b_weight_batch[size] = table
+        return table
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         return _mean_logistic(self.A_train, self.b_train, x) + 0.5 * self.l2 * x.dot(x)

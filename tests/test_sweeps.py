@@ -94,8 +94,13 @@ def test_checkpoint_holds_the_algorithm_state_and_generators(tmp_path):
     (ckpt,) = (tmp_path / "checkpoints").glob("*.pt")
     payload = torch.load(ckpt, weights_only=False)
     assert payload["step"] == 10 and payload["algorithm"] == "diana"
-    assert len(payload["sample_streams"]) == 4 and len(payload["compress_streams"]) == 4
+    # one shared sampling stream for all workers, one compression stream per worker
+    assert len(payload["sample_streams"]) == 1 and len(payload["compress_streams"]) == 4
     fields = payload["state"]._fields
     assert any("h" in f for f in fields), fields  # DIANA's shifts are in the state
-    assert int(payload["channel"]["bits_up"].sum()) > 0
+    # quant_p messages: 10 rounds of d coordinates, each at least 2 bits (sign and level)
+    d = payload["state"].x.numel()
+    bits = payload["channel"]["bits_up"]
+    assert bits.shape == (4,) and bool((bits >= 10 * 2 * d).all()), bits
+    assert torch.equal(payload["channel"]["bits_down"], torch.full((4,), 10 * 32 * d))
     assert os.path.getsize(ckpt) > 0

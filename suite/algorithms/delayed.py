@@ -67,11 +67,9 @@ def _depth(mode: str, delay: int, max_delay: int | None) -> int:
 def build(ctx: Context, *, mode: str = "fixed", delay: int = 0, max_delay: int | None = None
           ) -> Algorithm:
     depth = _depth(mode, delay, max_delay)
-    # One hash seed per held worker, from that worker's sampling stream (seeded from the run
-    # seed and the global worker id), so the draws belong to the worker, not to the process.
-    streams = ctx.sample_streams
-    delay_seeds = [derive_seed(g.initial_seed(), "delay", k)
-                   for g, k in zip(streams.generators, streams.worker_ids, strict=True)]
+    # One hash seed per held worker, from the run's sampling stream and the global worker id,
+    # so the draws belong to the worker, not to the process.
+    delay_seeds = ctx.sample_streams.worker_seeds("delay")
     device = ctx.task.device
 
     def delays_at(t: int) -> torch.Tensor:

@@ -36,6 +36,7 @@ Classes (THEORY.md §1):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,6 +64,10 @@ class Compressor:
     bits: Callable[[Any], torch.Tensor]
     # A second, entropy-coded size where the compressor has one (QSGD's Elias coding).
     entropy_bits: Callable[[Any], torch.Tensor] | None = None
+    # Where every message has the same size whatever it holds: that size in bits for a
+    # dimension d, equal to `bits(payload)[k]` for every payload. The channel then counts it
+    # without reading the payload.
+    fixed_bits: Callable[[int], int] | None = None
     # TernGrad shares its scale (the max-norm) across workers: the backend computes
     # max over all workers of `local_scale(x)` and passes it to compress(..., scale=).
     local_scale: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -90,12 +95,17 @@ class Compressor:
         return self.decompress(payload), self.bits(payload)
 
 
-def check_finite(x: torch.Tensor, name: str) -> None:
-    """Refuse NaN/inf input: a compressed NaN would silently poison every worker's model."""
+def check_batch(x: torch.Tensor, name: str) -> None:
+    """Refuse what is not a floating-point [workers, d] batch."""
     if x.dim() != 2:
         raise CompressorError(f"{name}: expected a [workers, d] batch, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise CompressorError(f"{name}: expected a floating-point batch, got dtype {x.dtype}")
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Refuse NaN/inf input: a compressed NaN would silently poison every worker's model."""
+    check_batch(x, name)
     if not all_finite(x):
         raise CompressorError(f"{name}: input holds NaN or inf; refusing to compress it")
 
@@ -107,4 +117,4 @@ def all_finite(x: torch.Tensor) -> bool:
     x). NaN or ±inf anywhere makes the sum NaN or ±inf; a finite x does so only when the sum
     overflows, and then the exact check decides.
     """
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+    return math.isfinite(x.sum().item()) or bool(torch.isfinite(x).all())

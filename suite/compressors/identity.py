@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import bitpack
-from .base import Compressor, CompressorError, all_finite, check_finite
+from .base import Compressor, CompressorError, all_finite, check_batch, check_finite
 from .params import require_dim
 
 _WIRE_DTYPES = {16: torch.float16, 32: torch.float32, 64: torch.float64}
@@ -33,12 +33,14 @@ def identity(*, width: int = 32) -> Compressor:
         require_dim(d)
 
     def compress(x, streams=None):
-        check_finite(x, "identity")
+        check_batch(x, "identity")
         check_dim(x.shape[1])
         values = x.to(wire)
-        # A narrower wire (float16, or float32 for float64 input) overflows to inf silently.
-        narrower = torch.finfo(wire).max < torch.finfo(x.dtype).max
-        if narrower and not all_finite(values):
+        # One finiteness check on the wire values covers both failures: NaN or inf in x stays
+        # NaN or inf, and a narrower wire (float16, or float32 for float64 input) turns an
+        # out-of-range value into inf. The message then tells them apart.
+        if not all_finite(values):
+            check_finite(x, "identity")
             raise CompressorError(
                 f"identity: |x| = {x.abs().max().item():.6g} exceeds the range of the "
                 f"{width}-bit wire format"
@@ -72,6 +74,7 @@ def identity(*, width: int = 32) -> Compressor:
         encode=encode,
         decode=decode,
         bits=bits,
+        fixed_bits=lambda d: width * d,
         check_dim=check_dim,
         is_identity=True,
         hyperparams=(("width", width),),
