@@ -4,10 +4,14 @@ the default job's wall time spent in tracking.
     .venv/bin/python benchmarks/bench_simulator.py
 
 Part 1: parallel SGD on logistic regression (synthetic, d = 300, b = 16) for K = 1, 4, 16, 64.
-"suite" is `algorithm.step` as the runner calls it (per-worker sampling streams, batched
-gradients over the [K, d] worker axis, compression through the channel, float32 wire).
-"loop" computes the same update the way one would without the worker axis: for each worker,
-draw its minibatch, compute its gradient, then average. Both run side by side in one process.
+"suite" is `algorithm.step` as the runner calls it (the shared sampling stream, batched
+gradients over the [K, d] worker axis, compression through the channel, float32 wire, timers
+and exact bit counts). "loop" computes the same update the way one would without the worker
+axis: for each worker, its minibatch, its gradient, its float32 message; then the average. Both
+run side by side in one process, and the script first checks that they produce the same
+iterates. "gradients only" times the batched sampling and gradients alone: the memory-bound
+floor of a vectorised step, so "gradients only/loop" is the most any vectorised step could gain
+over the loop on this machine.
 
 Part 2: the default job (`make run`'s config) with tracking=mlflow into a fresh SQLite store,
 against the same job with tracking=none. The difference is what tracking costs.
@@ -75,20 +79,53 @@ def _loop_runner(run: Run):
     return steps
 
 
+def _gradient_runner(run: Run):
+    """Only the batched minibatch gradients (sampling, gather, two batched GEMVs): no channel,
+    no timers, no update. What the step costs can never go below this."""
+    task, streams, b, x = run.task, run.sample_streams, run.batch_size, run.task.x0()
+
+    def steps(m):
+        for _ in range(m):
+            task.grads(x, task.sample_batch(streams, b))
+
+    return steps
+
+
+def check_same_iterates(K: int, steps: int = 20) -> None:
+    """The loop computes what the suite computes: same iterates from the same stream."""
+    def fresh():
+        return Run(compose("task.dataset=synthetic", f"task.n_samples={K * 64}",
+                           "task.dim=300", "batch_size=16", f"workers={K}", "lr=0.05"))
+    run_a, run_b = fresh(), fresh()
+    state, loop, x = run_a.algorithm.init(run_a.task.x0()), loop_step_factory(run_b), None
+    x = run_b.task.x0()
+    for t in range(steps):
+        state = run_a.algorithm.step(state, t, 0.05)
+        x = loop(x, 0.05)
+    suite_x = run_a.algorithm.params(state)
+    if not torch.allclose(suite_x, x, rtol=1e-12, atol=1e-15):
+        raise AssertionError(f"K={K}: suite and loop iterates differ by "
+                             f"{float((suite_x - x).abs().max()):.3g}")
+
+
 def simulator_table(quick: bool) -> str:
     rows = []
     for K in (1, 4, 16, 64):
+        check_same_iterates(K)
         cfg = compose("task.dataset=synthetic", f"task.n_samples={K * 64}", "task.dim=300",
                       "batch_size=16", f"workers={K}", "lr=0.05")
         run = Run(cfg)
         n = 200 if quick else 1000
         suite_steps, loop_steps = _suite_runner(run), _loop_runner(run)
         fast, slow = best_rate(suite_steps, n), best_rate(loop_steps, max(n // 4, 50))
-        rows.append([K, f"{fast:,.0f}", f"{slow:,.0f}", f"{fast / slow:.1f}x"])
+        floor = best_rate(_gradient_runner(run), n)
+        rows.append([K, f"{fast:,.0f}", f"{slow:,.0f}", f"{fast / slow:.1f}x",
+                     f"{floor:,.0f}", f"{floor / slow:.1f}x"])
     k1 = float(rows[0][1].replace(",", ""))
     for r in rows:
-        r.append(f"{k1 / float(r[1].replace(',', '')):.2f}")
-    return table(["K", "suite it/s", "loop it/s", "suite/loop", "time vs K=1"], rows)
+        r.insert(4, f"{k1 / float(r[1].replace(',', '')):.2f}")
+    return table(["K", "suite it/s", "loop it/s", "suite/loop", "time vs K=1",
+                  "gradients only it/s", "gradients only/loop"], rows)
 
 
 def tracking_table() -> str:

@@ -178,8 +178,8 @@ class Cifar10ResNet:
 
     def sample_batch(self, streams, batch_size: int | None) -> CifarBatch:
         """b images per worker, uniform with replacement from its shard, augmented with the
-        worker's own stream: per image, one uniform picks the image and three the crop and
-        flip."""
+        worker's row of the sampling stream: per image, one uniform picks the image and three
+        the crop and flip."""
         if batch_size is None:
             raise ConfigError(
                 f"batch_size=full is not supported by task={self.name}: a full local gradient "
