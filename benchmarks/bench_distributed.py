@@ -42,7 +42,7 @@ def _timed(backend, fn) -> float:
     backend.barrier()
     t0 = time.perf_counter()
     out = fn()
-    return backend.max_over_ranks(time.perf_counter() - t0), out
+    return backend.max_over_ranks([time.perf_counter() - t0])[0], out
 
 
 def _rank(rank: int, port: int, d: int, reps: int) -> None:

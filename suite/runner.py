@@ -342,13 +342,12 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
 
 
 def _times(run: Run, wall: float) -> dict[str, float]:
+    """Cumulative seconds per part of the step, the slowest rank's (one collective)."""
     totals = run.stopwatch.totals
-    return {
-        "time/compute_s": run.backend.max_over_ranks(totals["compute"]),
-        "time/compress_s": run.backend.max_over_ranks(totals["compress"]),
-        "time/comm_s": run.backend.max_over_ranks(totals["comm"]),
-        "time/wall_s": run.backend.max_over_ranks(wall),
-    }
+    slowest = run.backend.max_over_ranks(
+        [totals["compute"], totals["compress"], totals["comm"], wall])
+    return dict(zip(("time/compute_s", "time/compress_s", "time/comm_s", "time/wall_s"),
+                    slowest, strict=True))
 
 
 def _check_divergence(metrics, initial_loss, threshold, step):

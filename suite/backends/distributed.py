@@ -182,9 +182,10 @@ class DistributedBackend:
         """Max over all K workers of a [w] tensor."""
         return self._all_reduce(x.max(), dist.ReduceOp.MAX)
 
-    def max_over_ranks(self, value: float) -> float:
-        t = torch.tensor([float(value)], dtype=torch.float64)
-        return float(self._all_reduce(t, dist.ReduceOp.MAX)[0])
+    def max_over_ranks(self, values: list[float]) -> list[float]:
+        """Each value's maximum over ranks, all in one collective."""
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        return self._all_reduce(t, dist.ReduceOp.MAX).tolist()
 
     def barrier(self) -> None:
         dist.barrier(group=self.group)

@@ -34,8 +34,8 @@ class SimulatedBackend:
         already here; the distributed backend ships `compressor.encode(payload)` instead."""
         return decoded.mean(0)
 
-    def max_over_ranks(self, value: float) -> float:
-        return value
+    def max_over_ranks(self, values: list[float]) -> list[float]:
+        return [float(v) for v in values]
 
     def barrier(self) -> None:
         pass
