@@ -26,6 +26,7 @@ ROOT_KEYS = {
     "task", "algorithm", "compressor", "hardware", "tracking", "experiment",
 }
 LR_SCHEDULES = ("constant", "decaying", "warmup_cosine", "step")
+TRACKING_WRITERS = ("process", "inline")  # suite/tracking_writer.py
 
 
 def _is_int(v) -> bool:
@@ -76,6 +77,11 @@ def check_root(cfg: DictConfig) -> None:
         _require(isinstance(cfg[flag], bool), flag, cfg[flag], "true or false")
     _require(_is_int(cfg.checkpoint_every) and cfg.checkpoint_every >= 0, "checkpoint_every",
              cfg.checkpoint_every, "an integer >= 0 (0: never)")
+    tracking = cfg.get("tracking")
+    if isinstance(tracking, DictConfig) and tracking.get("name") == "mlflow":
+        writer = tracking.get("writer", "process")
+        _require(writer in TRACKING_WRITERS, "tracking.writer", writer,
+                 f"one of {', '.join(TRACKING_WRITERS)}")
 
 
 def group_kwargs(cfg: DictConfig, group: str) -> tuple[str, dict]:

@@ -33,7 +33,7 @@ from suite.hardware import select_device
 from suite.rng import SharedStream, WorkerStreams
 from suite.schedules import make_schedule
 from suite.timing import Stopwatch
-from suite.tracking import MlflowTracker, NullTracker, check_reachable, default_uri
+from suite.tracking import NullTracker, check_reachable, default_uri
 from tasks import TASKS
 
 # Keys that change where and how a run is recorded, never what it computes.
@@ -185,7 +185,12 @@ def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, out_dir: Path,
         tags["sweep.id"] = sweep_id
     params = flatten({k: v for k, v in resolved_dict(cfg).items() if k != "hydra"})
     params["lr.resolved"] = run.lr0
-    return MlflowTracker(
+    # writer=process (the default): the store calls run in a forked writer process, so that
+    # training never waits on them; inline: in this process (suite/tracking_writer.py)
+    from suite.tracking_writer import open_tracker
+
+    return open_tracker(
+        tracking.get("writer", "process"),
         uri=tracking_uri(cfg, launch_dir),
         experiment=tracking["experiment"] or cfg.task.name,
         run_name=tracking["run_name"] or f"{run.algo_name}-{comp}-K{cfg.workers}-s{cfg.seed}",

@@ -17,6 +17,10 @@ away:
 
 A run always ends in a terminal status: FINISHED, FAILED (tag `failure` holds the reason,
 `diverged=true` when it diverged) or KILLED (Ctrl-C); never left RUNNING.
+
+`MlflowTracker` below is the synchronous tracker: every store call runs in the calling
+process. The runner's default (tracking.writer=process) runs it in a writer child process
+instead, so that the training process never waits on the store: `suite/tracking_writer.py`.
 """
 
 from __future__ import annotations
@@ -213,18 +217,25 @@ class MlflowTracker(NullTracker):
                   "log params")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        if self._skip_through:
-            limit = self._skip_through.get("train/lr" if "train/lr" in metrics else
-                                           "train/loss", -1)
-            if step <= limit:
-                return
+        if already_logged(self._skip_through, metrics, step):
+            return
         super().log_metrics(metrics, step)
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        self.log_rows([(k, float(v), now, step) for k, v in metrics.items()])
         if len(self._buffer) >= self.flush_every:
             self.flush(patient=False)
+
+    def log_rows(self, rows) -> None:
+        """Buffer (key, value, timestamp_ms, step) rows stamped elsewhere (the writer process
+        receives them from the training process); no history, no flush."""
+        from mlflow.entities import Metric
+
+        self._buffer.extend(Metric(k, v, ts, step) for k, v, ts, step in rows)
+
+    @property
+    def pending(self) -> int:
+        """Metric values buffered and not yet delivered."""
+        return len(self._buffer)
 
     def log_constants(self, constants: dict[str, float]) -> None:
         self.log_metrics({f"task/{k}": v for k, v in constants.items()}, step=0)
@@ -285,31 +296,62 @@ class MlflowTracker(NullTracker):
         )
 
     def _write_fallback(self, status: str, reason: str | None) -> Path:
-        self.fallback_dir.mkdir(parents=True, exist_ok=True)
-        path = self.fallback_dir / f"unsent-metrics-{self.run_id}.jsonl"
-        with path.open("w") as f:
-            header = {"run_id": self.run_id, "uri": self.uri, "status": status,
-                      "reason": reason}
-            f.write(json.dumps(header) + "\n")
-            for m in self._buffer:
-                f.write(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n")
-        return path
+        return write_fallback(self.fallback_dir, self.run_id, self.uri, status, reason,
+                              [(m.key, m.value, m.timestamp, m.step) for m in self._buffer])
+
+
+def already_logged(skip_through: dict[str, int], metrics: dict, step: int) -> bool:
+    """Whether a resumed run's store already holds these values (see MlflowTracker._reopen)."""
+    if not skip_through:
+        return False
+    return step <= skip_through.get("train/lr" if "train/lr" in metrics else "train/loss", -1)
+
+
+def write_fallback(directory: Path, run_id: str, uri: str, status: str, reason: str | None,
+                   rows, *, tags: dict | None = None, artifacts: list | None = None) -> Path:
+    """The fallback file `replay` reads: a JSON header (the run, its store, the status and
+    reason to close it with; optionally tags and artifact files to log), then one JSON line
+    [key, value, timestamp_ms, step] per metric value."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"unsent-metrics-{run_id}.jsonl"
+    with path.open("w") as f:
+        header = {"run_id": run_id, "uri": uri, "status": status, "reason": reason}
+        if tags:
+            header["tags"] = tags
+        if artifacts:
+            header["artifacts"] = artifacts
+        f.write(json.dumps(header) + "\n")
+        for row in rows:
+            f.write(json.dumps(list(row)) + "\n")
+    return path
 
 
 def replay(path: Path, uri: str | None = None) -> int:
-    """Send a fallback file's metrics to the store and close its run; returns the count."""
+    """Send a fallback file's metrics (and tags and artifacts, when its header lists them) to
+    the store and close its run; returns the number of metric values. Values the store already
+    holds are not stored twice (MLflow skips exact duplicates)."""
     from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
 
     lines = Path(path).read_text().splitlines()
     header = json.loads(lines[0])
+    run_id = header["run_id"]
     client = MlflowClient(tracking_uri=uri or header["uri"])
     metrics = [Metric(k, v, ts, step) for k, v, ts, step in map(json.loads, lines[1:])]
     for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-        client.log_batch(header["run_id"], metrics=metrics[i: i + MAX_METRICS_PER_BATCH])
+        client.log_batch(run_id, metrics=metrics[i: i + MAX_METRICS_PER_BATCH])
+    tags = dict(header.get("tags") or {})
     if header.get("reason"):
-        client.log_batch(header["run_id"], tags=[RunTag("failure", header["reason"])])
-    client.set_terminated(header["run_id"], status=header["status"])
+        tags["failure"] = header["reason"]
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+    for file, subdir in header.get("artifacts") or []:
+        if Path(file).is_file():
+            client.log_artifact(run_id, file, artifact_path=subdir)
+        else:
+            log.warning("artifact %s is gone; not logged", file)
+    client.set_terminated(run_id, status=header["status"])
     return len(metrics)
 
 

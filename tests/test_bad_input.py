@@ -62,6 +62,8 @@ CATALOGUE = [
     (lambda tmp: (_corrupt_libsvm(tmp / "cache"), ["task.dataset=mushrooms"])[1],
      "mushrooms"),
     (["task.dataset=phishing"], "phishing"),  # not cached, and the network is refused
+    (["tracking.writer=thread"], "tracking.writer='thread' is not allowed: one of process, "
+                                 "inline"),
 ]
 
 

@@ -1,0 +1,621 @@
+"""The tracking writer: MLflow store calls in a child process, off the training process.
+
+Why. MLflow's SQLAlchemy store costs about 65 µs of Python per metric value in `log_batch`
+(the ORM), plus fixed costs per run (create_run, params, tags, artifacts, set_terminated): the
+default 2000-step job spent as long writing its ~5,200 values as it spent training. That work
+cannot be made cheaper through MLflow's public API, so it is moved off the training process:
+
+- a child process, not a thread: the store's work is Python code that holds the GIL, and a
+  writer thread would take the GIL from the training loop (itself Python-bound for small
+  models) about as often as the synchronous calls did. A process has its own interpreter and
+  runs on another core;
+- started with fork (POSIX, Linux): the child inherits the already-imported MLflow, SQLAlchemy
+  and this suite, and is ready in milliseconds; a spawned child would spend ~1.8 s importing
+  MLflow again. It is a plain `os.fork()` (what multiprocessing's "fork" start method does),
+  not a `multiprocessing.Process`: the distributed launcher's ranks are daemonic processes, to
+  which multiprocessing refuses children, and multiprocessing's exit handler would join or
+  terminate the writer when the training process exits, before it could close the run;
+- SQLite forbids using a connection across fork: the child drops the stores and engines (and
+  HTTP sessions) MLflow cached in the parent, unused, and opens its own.
+
+Protocol. `BackgroundTracker` is the training process's side, with the interface the runner
+uses (`log_metrics`, `log_constants`, `set_tags`, `log_artifact`, `flush`, `finish`, `run_id`,
+`history`). It keeps the history itself, stamps each value when it is logged, and sends values
+in chunks of SEND_EVERY over a pipe that it writes without ever blocking (what the pipe cannot
+take yet waits in memory). The child runs the synchronous `MlflowTracker`, with its retries,
+shielding and fallback file; it reads the pipe in a thread of its own, so that the pipe is
+drained while the store is slow, and writes as it goes (WRITE_AT values, or whatever it holds
+when nothing is waiting), acknowledging how many values it has delivered.
+
+Failures:
+- the child cannot create the run (a store that cannot be written): the error is sent back and
+  raised in the training process at its next `log_metrics`, so the run stops at once;
+- `finish` waits for the child to deliver the rest and close the run; what the store refuses
+  lands in the fallback file (`python -m suite.tracking replay FILE`), as before;
+- the training process dies without `finish` (SIGKILL, os._exit): the child reads EOF,
+  delivers what it received and closes the run FAILED ("the training process exited without
+  closing the run"); it ignores SIGINT and SIGTERM, because Ctrl-C reaches the whole process
+  group and it is the training process that decides the run's status;
+- the child dies: training goes on; at `finish` every value the child did not acknowledge is
+  written to the fallback file, and TrackingDeliveryError names it.
+
+Where fork is not available (not Linux), `open_tracker` returns the synchronous MlflowTracker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from suite.tracking import (
+    MlflowTracker,
+    TrackingDeliveryError,
+    TrackingUnavailable,
+    already_logged,
+    check_reachable,
+    retry,
+    shielded,
+    write_fallback,
+)
+
+log = logging.getLogger("commsgd.tracking")
+
+WRITERS = ("process", "inline")
+SEND_EVERY = 200  # values the training process gathers before one message to the writer
+WRITE_AT = 250  # values the writer gathers before a log_batch while messages keep coming
+READY_TIMEOUT_S = 300.0  # creating the run: retries against a locked or restarting store
+ORPHANED = "the training process exited without closing the run"
+
+_HEADER = struct.Struct("!Q")
+_EOF = ("eof",)
+# What the child dropped from MLflow's caches, kept referenced so that the parent's SQLite
+# connections and sockets are never even closed from the child (os._exit frees nothing).
+_INHERITED: list = []
+
+
+def fork_available() -> bool:
+    import multiprocessing
+
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def open_tracker(writer: str = "process", **kwargs):
+    """The run's MLflow tracker: its store calls in a writer process (`process`, where fork is
+    available), or in this process (`inline`, the synchronous MlflowTracker)."""
+    if writer not in WRITERS:
+        raise ValueError(f"writer={writer!r}: allowed values are {', '.join(WRITERS)}")
+    if writer == "process" and fork_available():
+        return BackgroundTracker(**kwargs)
+    return MlflowTracker(**kwargs)
+
+
+# -- framing: 8-byte length, then a pickle ----------------------------------------------------
+def _frame(msg) -> bytes:
+    payload = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_message(fd: int):
+    (n,) = _HEADER.unpack(_read_exact(fd, _HEADER.size))
+    return pickle.loads(_read_exact(fd, n))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class WriterTraceback(Exception):
+    """The traceback of an error raised in the writer process (the cause of the re-raised
+    error in the training process)."""
+
+    def __str__(self) -> str:
+        return "in the tracking writer process:\n" + self.args[0]
+
+
+def _portable(exc: BaseException) -> tuple[BaseException, str]:
+    """(the exception itself when it survives pickling, else a RuntimeError saying what it was;
+    its traceback as text)."""
+    tb = "".join(traceback.format_exception(exc))
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc, tb
+
+
+def _local(error: tuple[BaseException, str] | None) -> BaseException | None:
+    if error is None:
+        return None
+    exc, tb = error
+    exc.__cause__ = WriterTraceback(tb)
+    return exc
+
+
+class BackgroundTracker:
+    """The training process's side of the writer: same interface as MlflowTracker, and no call
+    waits on the store except `flush`, `finish` and the first read of `run_id` (which waits for
+    the run to be created)."""
+
+    def __init__(self, *, uri: str, experiment: str, run_name: str, params: dict,
+                 tags: dict[str, str], flush_every: int = 5000,
+                 fallback_dir: Path | None = None, delivery_timeout_s: float = 30.0,
+                 resume_run_id: str | None = None):
+        check_reachable(uri)  # fail fast, with the same message, before anything starts
+        self.uri, self.experiment_name = uri, experiment
+        self.history: list[tuple[str, float, int]] = []
+        self.fallback_dir = Path(fallback_dir or Path.cwd())
+        self.delivery_timeout_s = delivery_timeout_s
+        self.finish_wait_s: float | None = None  # how long `finish` waited for the writer
+        self._run_id: str | None = None
+        self._skip_through: dict[str, int] = {}
+        self._pending: list[tuple] = []  # values not sent yet
+        self._unacked: list[tuple] = []  # values sent, not yet reported delivered
+        self._acked = 0  # values the writer reported delivered (it counts the ones it skips)
+        self._sent_tags: dict[str, str] = {}
+        self._sent_artifacts: list[list] = []
+        self._out = bytearray()  # framed messages the pipe has not taken yet
+        self._error: BaseException | None = None  # the writer could not start the run
+        self._error_raised = False
+        self._gone: str | None = None  # why the writer is no longer there
+        self._done = False
+        self._reply = None
+
+        _preload(uri)
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        sys.stdout.flush()  # the child must not write the parent's buffered output again
+        sys.stderr.flush()
+        kwargs = dict(uri=uri, experiment=experiment, run_name=run_name, params=params,
+                      tags=tags, flush_every=flush_every, fallback_dir=self.fallback_dir,
+                      delivery_timeout_s=delivery_timeout_s, resume_run_id=resume_run_id)
+        pid = os.fork()
+        if pid == 0:  # the writer: never returns
+            code = 1
+            try:
+                os.close(to_child_w)
+                os.close(from_child_r)
+                code = _writer_main(to_child_r, from_child_w, kwargs, os.getppid())
+            finally:
+                os._exit(code)
+        self.pid = pid
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._w, self._r = to_child_w, from_child_r
+        os.set_blocking(self._w, False)
+        self._poller = select.poll()
+        self._poller.register(self._r, select.POLLIN)
+        if resume_run_id is not None:
+            # the resumed run's store holds values this process will log again; which ones
+            # is known once the writer has reopened it
+            self._wait_ready()
+
+    # -- the interface the runner uses ------------------------------------------------------
+    @property
+    def run_id(self) -> str | None:
+        if self._run_id is None and not self._error_raised:
+            self._wait_ready()
+        return self._run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._poller.poll(0) or self._error is not None:  # about 1 µs when nothing waits
+            self._poll()
+        if self._skip_through and already_logged(self._skip_through, metrics, step):
+            return
+        now = int(time.time() * 1000)
+        for k, v in metrics.items():
+            v = float(v)
+            self.history.append((k, v, step))
+            self._pending.append((k, v, now, step))
+        if len(self._pending) >= SEND_EVERY:
+            self._send_pending()
+
+    def log_constants(self, constants: dict[str, float]) -> None:
+        self.log_metrics({f"task/{k}": v for k, v in constants.items()}, step=0)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        tags = {k: str(v) for k, v in tags.items()}
+        self._sent_tags.update(tags)
+        self._send(("tags", tags))
+
+    def log_artifact(self, path: Path, subdir: str | None = None) -> None:
+        path = str(Path(path).resolve())
+        self._sent_artifacts.append([path, subdir])
+        self._send(("artifact", path, subdir))
+
+    def flush(self) -> None:
+        """Wait until the writer has delivered every value logged so far."""
+        self._send(("flush",))
+        reply = self._await({"flushed"}, self.delivery_timeout_s + READY_TIMEOUT_S)
+        self._poll()  # the writer's own error, if it could not create the run
+        if reply is None:
+            raise TrackingDeliveryError(
+                f"the tracking writer (pid {self.pid}) is gone ({self._gone}); the values it "
+                f"did not deliver are kept and saved to a fallback file when the run finishes")
+        if reply[1] is not None:
+            raise reply[1]
+
+    def finish(self, status: str, reason: str | None = None) -> None:
+        """Close the run: the writer delivers what is left (retrying for delivery_timeout_s,
+        then saving it to a fallback file) and sets the terminal status; its errors are raised
+        here, with the messages the synchronous tracker gives."""
+        if self._done or self._error_raised:
+            return
+        self._done = True
+        started = time.perf_counter()
+        try:
+            self._send(("finish", status, reason))
+            reply = self._await({"finished"}, self.delivery_timeout_s + READY_TIMEOUT_S)
+        finally:
+            self.finish_wait_s = time.perf_counter() - started
+            log.debug("finish waited %.0f ms for the tracking writer", 1e3 * self.finish_wait_s)
+        if self._error is not None and not self._error_raised:
+            self._error_raised = True
+            self._reap()
+            raise self._error
+        if reply is None:  # the writer died, or hangs: keep what it did not acknowledge
+            raise self._deliver_locally(status, reason)
+        self._reap()
+        if reply[1] is not None:
+            raise reply[1]
+
+    # -- the pipe -----------------------------------------------------------------------------
+    def _send_pending(self) -> None:
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        self._unacked.extend(rows)
+        self._send(("metrics", rows))
+
+    def _send(self, msg) -> None:
+        if msg[0] != "metrics":
+            # values logged before a tag, an artifact or the end go first, and the writer
+            # stores the last ones while this process makes its plots
+            self._send_pending()
+        if self._gone is not None:
+            return
+        self._out += _frame(msg)
+        self._pump()
+        self._poll()
+
+    def _pump(self) -> None:
+        """Write what the pipe takes now; the rest waits for the next call (never blocks)."""
+        # shielded: an interrupt between the write and the bookkeeping would send bytes twice
+        with shielded():
+            while self._out:
+                try:
+                    n = os.write(self._w, self._out)
+                except BlockingIOError:
+                    return
+                except OSError as exc:  # BrokenPipeError: the writer is gone
+                    self._lost(f"the pipe to it broke: {exc}")
+                    return
+                del self._out[:n]
+
+    def _poll(self) -> None:
+        """Take the writer's messages that are waiting (cheap when there are none); raise the
+        error that kept it from creating the run."""
+        if self._gone is None and self._poller.poll(0):
+            while self._gone is None and self._poller.poll(0):
+                self._receive()
+        if self._out and self._gone is None:
+            self._pump()
+        if self._error is not None and not self._error_raised:
+            self._error_raised = True
+            self._reap()
+            raise self._error
+
+    def _receive(self) -> None:
+        try:
+            msg = _read_message(self._r)
+        except (EOFError, OSError) as exc:
+            self._lost("it exited" if isinstance(exc, EOFError) else str(exc))
+            return
+        kind = msg[0]
+        if kind == "ready":
+            self._run_id, self._skip_through = msg[1], msg[2]
+        elif kind == "ack":
+            delivered = msg[1]
+            del self._unacked[: delivered - self._acked]
+            self._acked = delivered
+        elif kind == "error":
+            self._error = _local(msg[1])
+        else:  # a reply to flush or finish: (kind, the writer's error or None)
+            self._reply = (kind, _local(msg[1]))
+
+    def _await(self, kinds: set[str], timeout_s: float):
+        """Send what is queued and wait for the writer's reply of one of `kinds` (None when
+        the writer is gone, or does not answer in timeout_s: then it is stopped)."""
+        deadline = time.monotonic() + timeout_s
+        self._reply = None
+        while self._gone is None and self._error is None:
+            if self._reply is not None and self._reply[0] in kinds:
+                reply, self._reply = self._reply, None
+                return reply
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._lost(f"it did not answer in {timeout_s:.0f} s")
+                self._kill()
+                break
+            poller = select.poll()
+            poller.register(self._r, select.POLLIN)
+            if self._out:
+                poller.register(self._w, select.POLLOUT)
+            for fd, _ in poller.poll(min(left, 1.0) * 1000):
+                if fd == self._r:
+                    self._receive()
+                elif self._gone is None:
+                    self._pump()
+        return None
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while self._run_id is None and self._gone is None and self._error is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._kill()
+                self._error = TrackingUnavailable(
+                    f"the tracking writer (pid {self.pid}) did not create the MLflow run in "
+                    f"{self.experiment_name!r} at {self.uri} within {READY_TIMEOUT_S:.0f} s; "
+                    f"is the store locked or overloaded? tracking.writer=inline writes from "
+                    f"the training process instead")
+                break
+            if self._poller.poll(min(left, 1.0) * 1000):
+                self._receive()
+        if self._error is not None and not self._error_raised:
+            self._error_raised = True
+            self._reap()
+            raise self._error
+        if self._run_id is None:
+            self._error_raised = True
+            raise TrackingUnavailable(
+                f"the tracking writer (pid {self.pid}) exited before it created the MLflow run "
+                f"at {self.uri} ({self._gone}); see the messages above")
+
+    def _lost(self, why: str) -> None:
+        if self._gone is None:
+            self._gone = why
+            log.warning("the tracking writer (pid %s) is gone (%s); metric values are kept in "
+                        "memory for the fallback file", self.pid, why)
+
+    def _deliver_locally(self, status: str, reason: str | None) -> Exception:
+        """The writer died: save every value it did not report delivered, with the tags and
+        artifacts sent to it (replaying them twice does no harm)."""
+        self._reap()
+        self._unacked.extend(self._pending)
+        self._pending = []
+        if self._run_id is None:
+            return TrackingDeliveryError(
+                f"the tracking writer (pid {self.pid}) is gone ({self._gone}) before it created "
+                f"the MLflow run; no run was recorded (the curves are in {self.fallback_dir})")
+        path = write_fallback(self.fallback_dir, self._run_id, self.uri, status, reason,
+                              self._unacked, tags=self._sent_tags or None,
+                              artifacts=self._sent_artifacts or None)
+        return TrackingDeliveryError(
+            f"could not deliver {len(self._unacked)} metric values of run {self._run_id} to "
+            f"{self.uri} (the tracking writer, pid {self.pid}, is gone: {self._gone}); nothing "
+            f"is lost: they are saved in {path}. Send them when the store is back with: "
+            f"python -m suite.tracking replay {path}")
+
+    def _kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def _reap(self, timeout_s: float = 10.0) -> None:
+        """Collect the writer's exit status (it exits right after its last reply)."""
+        if getattr(self, "_reaped", False):
+            return
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                break  # reaped elsewhere (SIGCHLD ignored)
+            if pid or time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
+        self._reaped = True
+        self._close()
+        self._gone = self._gone or "finished"
+
+    def _close(self) -> None:
+        if self._r is None:
+            return
+        self._poller.unregister(self._r)
+        for fd in (self._w, self._r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._w = self._r = None
+
+    def __del__(self):
+        # dropped without `finish`: the writer reads EOF and closes the run FAILED
+        if getattr(self, "_r", None) is not None:
+            self._close()
+
+
+def _preload(uri: str) -> None:
+    """Import what the writer will need before forking, so that it starts at once (the
+    synchronous tracker would import the same in this process)."""
+    import mlflow.entities  # noqa: F401
+    import mlflow.tracking  # noqa: F401
+
+    if not uri.startswith(("http://", "https://")):
+        try:
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+        except ImportError:
+            pass
+
+
+# -- the writer process -----------------------------------------------------------------------
+def _forget_inherited_stores() -> None:
+    """Drop MLflow's cached stores, SQLAlchemy engines and HTTP sessions inherited from the
+    parent: SQLite forbids using a connection across fork, and a pooled socket would be shared
+    with the parent. Guarded: a future MLflow without these caches needs nothing done."""
+    from importlib import import_module
+
+    for module, cls in (("mlflow.tracking._tracking_service.registry", "TrackingStoreRegistry"),
+                        ("mlflow.tracking._model_registry.registry", "ModelRegistryStoreRegistry")):
+        cached = getattr(getattr(sys.modules.get(module), cls, None),
+                         "_get_store_with_resolved_uri", None)
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+    for module in ("mlflow.store.tracking.sqlalchemy_store",
+                   "mlflow.store.model_registry.sqlalchemy_store",
+                   "mlflow.store.jobs.sqlalchemy_store"):
+        mod = sys.modules.get(module)
+        for cls in vars(mod).values() if mod is not None else ():
+            engines = isinstance(cls, type) and cls.__dict__.get("_engine_map")
+            if isinstance(engines, dict):
+                _INHERITED.append(dict(engines))
+                cls._engine_map = {}
+                cls._engine_map_lock = threading.Lock()
+    if "mlflow.utils.request_utils" in sys.modules:
+        sessions = getattr(import_module("mlflow.utils.request_utils"),
+                           "_cached_get_request_session", None)
+        if hasattr(sessions, "cache_clear"):
+            sessions.cache_clear()
+
+
+def _writer_main(inbox_fd: int, reply_fd: int, kwargs: dict, parent_pid: int) -> int:
+    """The child's body; returns its exit code."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def reply(msg) -> None:
+        try:
+            _write_all(reply_fd, _frame(msg))
+        except OSError:
+            pass  # the training process is gone; the run is closed regardless
+
+    try:
+        _forget_inherited_stores()
+        tracker = MlflowTracker(**kwargs)
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+        reply(("error", _portable(exc)))
+        return 1
+    reply(("ready", tracker.run_id, dict(tracker._skip_through)))
+
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:  # drains the pipe while the main thread waits on the store
+        while True:
+            try:
+                msg = _read_message(inbox_fd)
+            except (EOFError, OSError):
+                inbox.put(_EOF)
+                return
+            except Exception as exc:  # noqa: BLE001 - a garbled message: stop like at EOF
+                log.error("tracking writer: unreadable message (%s)", exc)
+                inbox.put(_EOF)
+                return
+            inbox.put(msg)
+
+    threading.Thread(target=read, name="commsgd-tracking-reader", daemon=True).start()
+    return _serve(tracker, inbox, reply, parent_pid)
+
+
+def _serve(tracker: MlflowTracker, inbox, reply, parent_pid: int) -> int:
+    received = acked = 0
+    deferred: BaseException | None = None  # a failed tag or artifact, raised at finish
+    retry_at, delay = 0.0, 0.5
+
+    def ack() -> None:
+        nonlocal acked
+        delivered = received - tracker.pending
+        if delivered != acked:
+            reply(("ack", delivered))
+            acked = delivered
+
+    while True:
+        pending = tracker.pending
+        now = time.monotonic()
+        if pending and now >= retry_at and (pending >= WRITE_AT or inbox.empty()):
+            tracker.flush(patient=False)  # one try; a failure keeps the values
+            if tracker.pending:
+                retry_at, delay = time.monotonic() + delay, min(2 * delay, 5.0)
+            else:
+                delay = 0.5
+            ack()
+            continue
+        try:
+            msg = inbox.get(timeout=max(0.0, retry_at - now) if pending else 1.0)
+        except queue.Empty:
+            if os.getppid() != parent_pid:  # orphaned while another process holds the pipe
+                msg = _EOF
+            else:
+                continue
+        kind = msg[0]
+        if kind == "metrics":  # a resumed run's repeated steps were dropped by the parent
+            received += len(msg[1])
+            tracker.log_rows(msg[1])
+        elif kind in ("tags", "artifact"):
+            try:
+                if kind == "tags":
+                    tracker.set_tags(msg[1])
+                else:
+                    tracker.log_artifact(Path(msg[1]), msg[2])
+            except Exception as exc:  # noqa: BLE001
+                log.error("tracking writer: %s failed: %s", kind, exc)
+                deferred = deferred or exc
+        elif kind == "flush":
+            try:
+                tracker.flush(patient=True)
+                ack()
+                reply(("flushed", None))
+            except Exception as exc:  # noqa: BLE001
+                reply(("flushed", _portable(exc)))
+        elif kind == "finish":
+            outcome = deferred
+            try:
+                tracker.finish(msg[1], msg[2])
+                ack()
+            except BaseException as exc:  # noqa: BLE001 - TrackingDeliveryError, the store's
+                outcome = exc
+            reply(("finished", None if outcome is None else _portable(outcome)))
+            return 0
+        elif kind == "eof":
+            _close_orphaned(tracker)
+            return 0
+
+
+def _close_orphaned(tracker: MlflowTracker) -> None:
+    """The training process is gone without closing the run: deliver what was received and
+    close it FAILED, unless someone (the distributed launcher) closed it already."""
+    try:
+        status = retry(lambda: tracker.client.get_run(tracker.run_id).info.status, "get_run",
+                       attempts=3)
+    except Exception:  # noqa: BLE001 - assume it is still open
+        status = "RUNNING"
+    try:
+        if status == "RUNNING":
+            tracker.finish("FAILED", ORPHANED)
+        else:
+            tracker.flush(patient=True)
+    except Exception as exc:  # noqa: BLE001 - nobody is left to tell but the log
+        log.error("tracking writer: could not close run %s: %s", tracker.run_id, exc)

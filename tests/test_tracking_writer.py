@@ -1,0 +1,275 @@
+"""The tracking writer process (tracking.writer=process, the default): the same runs in the
+store as the synchronous tracker, and no run left RUNNING or value lost when either process
+dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import suite.runner
+import suite.tracking_writer as writer_module
+from suite.runner import execute
+from suite.tracking import MlflowTracker, TrackingDeliveryError
+from suite.tracking_writer import ORPHANED, BackgroundTracker, open_tracker
+from tests.conftest import ROOT, make_cfg
+
+FAST = ("task.l2=0.01", "workers=2", "eval_every=10")
+
+pytestmark = pytest.mark.skipif(not writer_module.fork_available(),
+                                reason="the writer process needs fork (Linux)")
+
+
+def client_for(directory: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{directory / 'mlruns.db'}")
+
+
+def only_run(client: MlflowClient, experiment: str = "logreg"):
+    exp = client.get_experiment_by_name(experiment)
+    (run,) = client.search_runs([exp.experiment_id])
+    return run
+
+
+def histories(client: MlflowClient, run) -> dict[str, list[tuple[int, float | None]]]:
+    """Every metric's (step, value) pairs; timings only by step (they differ run to run)."""
+    return {key: sorted((m.step, None if key.startswith("time/") else m.value)
+                        for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics}
+
+
+@pytest.fixture
+def trackers(monkeypatch):
+    """The trackers the runner opens, to find the writer's pid."""
+    opened = []
+
+    def recording(*args, **kwargs):
+        tracker = open_tracker(*args, **kwargs)
+        opened.append(tracker)
+        return tracker
+
+    monkeypatch.setattr(writer_module, "open_tracker", recording)
+    return opened
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie (it holds nothing any more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_process_and_inline_writers_store_the_same_run(tmp_path, trackers):
+    """Metric histories (keys, steps, values), params, tags and artifacts are the same
+    whichever process writes them; the writer has exited when the run returns."""
+    stored = {}
+    for writer in ("process", "inline"):
+        cfg = make_cfg("tracking=mlflow", f"tracking.writer={writer}", "steps=300", *FAST)
+        result = execute(cfg, launch_dir=tmp_path / writer, output_dir=tmp_path / writer / "o")
+        assert result.status == "FINISHED"
+        client = client_for(tmp_path / writer)
+        run = only_run(client)
+        assert run.info.status == "FINISHED" and run.info.run_id == result.run_id
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "curves.csv", "convergence.png"} <= artifacts
+        stored[writer] = (histories(client, run), run, result)
+    (proc_hist, proc_run, proc_result), (inline_hist, inline_run, inline_result) = (
+        stored["process"], stored["inline"])
+    assert len(proc_hist["train/lr"]) == 300 and len(proc_hist["train/loss"]) == 31
+    assert proc_hist == inline_hist
+    untimed = lambda history: [(k, v, s) for k, v, s in history if not k.startswith("time/")]  # noqa: E731
+    assert untimed(proc_result.history) == untimed(inline_result.history)
+    differ = {"tracking.writer"}
+    assert ({k: v for k, v in proc_run.data.params.items() if k not in differ}
+            == {k: v for k, v in inline_run.data.params.items() if k not in differ})
+    assert proc_run.data.tags["config_hash"] == inline_run.data.tags["config_hash"]
+    (background, inline) = trackers
+    assert isinstance(background, BackgroundTracker) and isinstance(inline, MlflowTracker)
+    assert gone(background.pid)
+    assert background.finish_wait_s is not None
+
+
+def test_inline_is_used_where_fork_is_not_available(monkeypatch, tmp_path):
+    monkeypatch.setattr(writer_module, "fork_available", lambda: False)
+    tracker = open_tracker("process", uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
+                           experiment="x", run_name="r", params={}, tags={})
+    assert type(tracker) is MlflowTracker
+    tracker.finish("FINISHED")
+
+
+def test_keyboard_interrupt_ends_the_run_killed(tmp_path, monkeypatch):
+    """Ctrl-C in the training loop: the run is closed KILLED, with what it logged so far."""
+    calls = []
+
+    def interrupt(metrics, *args):
+        calls.append(1)
+        if len(calls) == 20:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite.runner, "_check_divergence", interrupt)
+    cfg = make_cfg("tracking=mlflow", "steps=100000", *FAST)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, launch_dir=tmp_path, output_dir=tmp_path / "out")
+    client = client_for(tmp_path)
+    run = only_run(client)
+    assert run.info.status == "KILLED"
+    assert "interrupted" in run.data.tags["failure"]
+    lr = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/lr"))
+    assert lr == list(range(200))  # 20 evaluations of 10 steps each, every value delivered
+
+
+def start_cli(directory: Path, *args: str, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "suite", "steps=100000000", *FAST,
+                             "progress=false", *args], cwd=directory, env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(directory / "stderr", "w"),
+                            **kwargs)
+
+
+def wait_until_logging(proc: subprocess.Popen, directory: Path) -> None:
+    """Until the writer has delivered some train/loss values of the running run."""
+    def logged():
+        assert proc.poll() is None, (directory / "stderr").read_text()[-3000:]
+        try:
+            with sqlite3.connect(directory / "mlruns.db") as con:
+                return con.execute("select count(*) from metrics where key='train/loss'"
+                                   ).fetchone()[0] > 2
+        except sqlite3.Error:  # not created yet
+            return False
+
+    wait_for(logged, 120, "the run never logged its first metrics")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(") ", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_to_the_process_group_ends_the_run_killed(tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group, the writer included: the
+    writer ignores it, and the training process closes the run KILLED through it."""
+    proc = start_cli(tmp_path, start_new_session=True)
+    try:
+        wait_until_logging(proc, tmp_path)
+        (writer,) = children_of(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        wait_for(lambda: gone(writer), 30, "the writer did not exit")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    run = only_run(client_for(tmp_path))
+    assert run.info.status == "KILLED"
+    assert "interrupted" in run.data.tags["failure"]
+
+
+def test_sigkill_of_the_training_process_leaves_the_run_failed(tmp_path):
+    """The training process dies without a word: its writer delivers what it received and
+    closes the run FAILED within seconds; no run is left RUNNING."""
+    proc = start_cli(tmp_path)
+    try:
+        wait_until_logging(proc, tmp_path)
+        (writer,) = children_of(proc.pid)
+        proc.kill()  # SIGKILL, the training process only
+        proc.wait(timeout=30)
+        killed = time.monotonic()
+        client = client_for(tmp_path)
+        wait_for(lambda: only_run(client).info.status != "RUNNING", 15,
+                 "the run is still RUNNING")
+        assert time.monotonic() - killed < 15
+        wait_for(lambda: gone(writer), 15, "the writer did not exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    run = only_run(client)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure"] == ORPHANED
+    loss = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    lr = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/lr"))
+    assert len(loss) > 2 and loss == list(range(0, 10 * len(loss), 10))
+    assert lr == list(range(len(lr)))  # what was delivered has no gap
+
+
+def test_a_dead_writer_loses_nothing(tmp_path, monkeypatch, trackers):
+    """Kill the writer mid-run: training goes on, the run ends with TrackingDeliveryError
+    naming a fallback file, and replaying that file completes the run: the same histories as
+    a run that was never disturbed, its artifacts, FINISHED."""
+    steps = 1000
+    evaluations = []
+
+    def kill_the_writer(metrics, initial, threshold, step):
+        evaluations.append(step)
+        if step == 500:
+            assert trackers[0].run_id  # the run exists (a fresh store takes a while)
+            os.kill(trackers[0].pid, signal.SIGKILL)
+            wait_for(lambda: gone(trackers[0].pid), 10, "the writer survived SIGKILL")
+
+    monkeypatch.setattr(suite.runner, "_check_divergence", kill_the_writer)
+    args = ("tracking=mlflow", f"steps={steps}", *FAST)
+    with pytest.raises(TrackingDeliveryError, match="nothing is lost") as info:
+        execute(make_cfg(*args), launch_dir=tmp_path / "killed", output_dir=tmp_path / "out")
+    assert evaluations[-1] == steps  # training went on to the end
+    client = client_for(tmp_path / "killed")
+    run = only_run(client)
+    assert run.info.status == "RUNNING"  # until the fallback file is replayed
+    fallback = tmp_path / "out" / f"unsent-metrics-{run.info.run_id}.jsonl"
+    assert str(fallback) in str(info.value)
+    header = json.loads(fallback.read_text().splitlines()[0])
+    assert header["status"] == "FINISHED" and header["run_id"] == run.info.run_id
+
+    replayed = subprocess.run([sys.executable, "-m", "suite.tracking", "replay", str(fallback)],
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert replayed.returncode == 0, replayed.stderr
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "curves.csv", "convergence.png"} <= artifacts
+
+    monkeypatch.undo()
+    execute(make_cfg(*args), launch_dir=tmp_path / "reference")
+    reference = client_for(tmp_path / "reference")
+    assert histories(client, run) == histories(reference, only_run(reference))
+
+
+def test_a_store_that_cannot_be_written_stops_the_run_early(tmp_path):
+    """The writer cannot create the run: its error is raised in the training process at its
+    next log call, not after training; the same error as the synchronous tracker's."""
+    (tmp_path / "file").write_text("not a directory")
+    uri = f"sqlite:///{tmp_path / 'file' / 'mlruns.db'}"
+    errors = {}
+    for writer in ("inline", "process"):
+        cfg = make_cfg("tracking=mlflow", f"tracking.uri={uri}", f"tracking.writer={writer}",
+                       "steps=1000000", *FAST)
+        start = time.monotonic()
+        with pytest.raises(Exception) as info:  # noqa: B017 - compared between the writers
+            execute(cfg, launch_dir=tmp_path, output_dir=tmp_path / "out")
+        assert time.monotonic() - start < 60  # a million steps would take many minutes
+        errors[writer] = info.value
+    assert type(errors["process"]) is type(errors["inline"])
+    assert str(errors["process"]) == str(errors["inline"])
