@@ -55,6 +55,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from suite.tracking import (
@@ -191,7 +192,13 @@ class BackgroundTracker:
         kwargs = dict(uri=uri, experiment=experiment, run_name=run_name, params=params,
                       tags=tags, flush_every=flush_every, fallback_dir=self.fallback_dir,
                       delivery_timeout_s=delivery_timeout_s, resume_run_id=resume_run_id)
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns about fork in a process with threads (a progress bar's
+            # monitor, a rank's watchdogs): a lock another thread held at the fork would stay
+            # locked in the child. The writer takes none of those threads' locks; logging's
+            # and the import system's are reset at fork.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # the writer: never returns
             code = 1
             try:
@@ -317,9 +324,8 @@ class BackgroundTracker:
     def _poll(self) -> None:
         """Take the writer's messages that are waiting (cheap when there are none); raise the
         error that kept it from creating the run."""
-        if self._gone is None and self._poller.poll(0):
-            while self._gone is None and self._poller.poll(0):
-                self._receive()
+        while self._gone is None and self._error is None and self._poller.poll(0):
+            self._receive()
         if self._out and self._gone is None:
             self._pump()
         if self._error is not None and not self._error_raised:
@@ -425,22 +431,16 @@ class BackgroundTracker:
         except OSError:
             pass
 
-    def _reap(self, timeout_s: float = 10.0) -> None:
-        """Collect the writer's exit status (it exits right after its last reply)."""
-        if getattr(self, "_reaped", False):
+    def _reap(self) -> None:
+        """Close the pipe and collect the writer's exit status in a thread: it exits right
+        after its last reply, but tearing down its copy of this process's address space takes
+        it ~20 ms, which `finish` need not wait for."""
+        if self._r is None:
             return
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                pid, _ = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                break  # reaped elsewhere (SIGCHLD ignored)
-            if pid or time.monotonic() > deadline:
-                break
-            time.sleep(0.002)
-        self._reaped = True
         self._close()
         self._gone = self._gone or "finished"
+        threading.Thread(target=_wait_for_exit, args=(self.pid,), daemon=True,
+                         name="commsgd-tracking-reaper").start()
 
     def _close(self) -> None:
         if self._r is None:
@@ -457,6 +457,13 @@ class BackgroundTracker:
         # dropped without `finish`: the writer reads EOF and closes the run FAILED
         if getattr(self, "_r", None) is not None:
             self._close()
+
+
+def _wait_for_exit(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _preload(uri: str) -> None:

@@ -102,7 +102,7 @@ def test_process_and_inline_writers_store_the_same_run(tmp_path, trackers):
     assert proc_run.data.tags["config_hash"] == inline_run.data.tags["config_hash"]
     (background, inline) = trackers
     assert isinstance(background, BackgroundTracker) and isinstance(inline, MlflowTracker)
-    assert gone(background.pid)
+    wait_for(lambda: gone(background.pid), 10, "the writer did not exit")
     assert background.finish_wait_s is not None
 
 
