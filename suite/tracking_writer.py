@@ -24,8 +24,14 @@ uses (`log_metrics`, `log_constants`, `set_tags`, `log_artifact`, `flush`, `fini
 in chunks of SEND_EVERY over a pipe that it writes without ever blocking (what the pipe cannot
 take yet waits in memory). The child runs the synchronous `MlflowTracker`, with its retries,
 shielding and fallback file; it reads the pipe in a thread of its own, so that the pipe is
-drained while the store is slow, and writes as it goes (WRITE_AT values, or whatever it holds
-when nothing is waiting), acknowledging how many values it has delivered.
+drained while the store is slow, and writes as it goes, in batches of up to WRITE_AT values
+(sooner when the run pauses or ends), acknowledging how many values it has delivered.
+
+One writer per process, not per run: after `finish` it waits for the process's next run (a
+sweep's next job, the next benchmark repeat). Forking a process that holds torch and MLflow
+costs ~15 ms, and while the two share their memory pages copy-on-write every page the training
+process writes to is copied, ~40 ms more over a short job; a writer kept between runs pays
+both once per process. Each run sends it its working directory and environment.
 
 Failures:
 - the child cannot create the run (a store that cannot be written): the error is sent back and
@@ -37,7 +43,8 @@ Failures:
   closing the run"); it ignores SIGINT and SIGTERM, because Ctrl-C reaches the whole process
   group and it is the training process that decides the run's status;
 - the child dies: training goes on; at `finish` every value the child did not acknowledge is
-  written to the fallback file, and TrackingDeliveryError names it.
+  written to the fallback file (with the run's tags and artifacts), TrackingDeliveryError
+  names it, and the next run starts a new writer.
 
 Where fork is not available (not Linux), `open_tracker` returns the synchronous MlflowTracker.
 """
@@ -73,7 +80,7 @@ from suite.tracking import (
 log = logging.getLogger("commsgd.tracking")
 
 WRITERS = ("process", "inline")
-SEND_EVERY = 200  # values the training process gathers before one message to the writer
+SEND_EVERY = 100  # values the training process gathers before one message to the writer
 WRITE_AT = 1000  # values the writer gathers for one log_batch while messages keep coming
 IDLE_S = 0.2  # ... or fewer, once no message came for this long
 READY_TIMEOUT_S = 300.0  # creating the run: retries against a locked or restarting store
@@ -169,7 +176,7 @@ class BackgroundTracker:
         check_reachable(uri)  # fail fast, with the same message, before anything starts
         self.uri, self.experiment_name = uri, experiment
         self.history: list[tuple[str, float, int]] = []
-        self.fallback_dir = Path(fallback_dir or Path.cwd())
+        self.fallback_dir = Path(fallback_dir or Path.cwd()).absolute()
         self.delivery_timeout_s = delivery_timeout_s
         self.finish_wait_s: float | None = None  # how long `finish` waited for the writer
         self._run_id: str | None = None
@@ -187,43 +194,15 @@ class BackgroundTracker:
         self._reply = None
 
         _preload(uri)
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        sys.stdout.flush()  # the child must not write the parent's buffered output again
-        sys.stderr.flush()
+        self._writer = _take_writer()
+        self.pid, self._w, self._r = self._writer.pid, self._writer.w, self._writer.r
+        self._poller = select.poll()
+        self._poller.register(self._r, select.POLLIN)
         kwargs = dict(uri=uri, experiment=experiment, run_name=run_name, params=params,
                       tags=tags, flush_every=flush_every, fallback_dir=self.fallback_dir,
                       delivery_timeout_s=delivery_timeout_s, resume_run_id=resume_run_id)
-        # Until the writer is done, this process and the writer share their memory pages
-        # copy-on-write, and a full garbage collection here would write to every object's
-        # header: a copy of each page of the heap (hundreds of ms for the ~1 GB of a process
-        # with torch and MLflow). Objects older than the fork are kept out of the collector's
-        # sight until then (gc.freeze is O(1); `_reap` undoes it).
-        self._froze = gc.get_freeze_count() == 0
-        if self._froze:
-            gc.freeze()
-        with warnings.catch_warnings():
-            # Python >= 3.12 warns about fork in a process with threads (a progress bar's
-            # monitor, a rank's watchdogs): a lock another thread held at the fork would stay
-            # locked in the child. The writer takes none of those threads' locks; logging's
-            # and the import system's are reset at fork.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # the writer: never returns
-            code = 1
-            try:
-                os.close(to_child_w)
-                os.close(from_child_r)
-                code = _writer_main(to_child_r, from_child_w, kwargs, os.getppid())
-            finally:
-                os._exit(code)
-        self.pid = pid
-        os.close(to_child_r)
-        os.close(from_child_w)
-        self._w, self._r = to_child_w, from_child_r
-        os.set_blocking(self._w, False)
-        self._poller = select.poll()
-        self._poller.register(self._r, select.POLLIN)
+        # the writer may have been started by an earlier run: it works where this run works
+        self._send(("open", kwargs, os.getcwd(), dict(os.environ)))
         if resume_run_id is not None:
             # the resumed run's store holds values this process will log again; which ones
             # is known once the writer has reopened it
@@ -290,11 +269,11 @@ class BackgroundTracker:
             log.debug("finish waited %.0f ms for the tracking writer", 1e3 * self.finish_wait_s)
         if self._error is not None and not self._error_raised:
             self._error_raised = True
-            self._reap()
+            self._release()
             raise self._error
         if reply is None:  # the writer died, or hangs: keep what it did not acknowledge
             raise self._deliver_locally(status, reason)
-        self._reap()
+        self._release(reusable=True)  # the run is closed, the writer waits for the next
         if reply[1] is not None:
             raise reply[1]
 
@@ -307,9 +286,10 @@ class BackgroundTracker:
         self._send(("metrics", rows))
 
     def _send(self, msg) -> None:
-        if msg[0] != "metrics":
-            # values logged before a tag, an artifact or the end go first, and the writer
-            # stores the last ones while this process makes its plots
+        if msg[0] in ("flush", "finish"):
+            # The last values (fewer than SEND_EVERY) go with the end of the run, as the
+            # synchronous tracker delivers its last ones (fewer than flush_every) in `finish`:
+            # a store lost after training still finds them undelivered, in the fallback file.
             self._send_pending()
         if self._gone is not None:
             return
@@ -340,7 +320,7 @@ class BackgroundTracker:
             self._pump()
         if self._error is not None and not self._error_raised:
             self._error_raised = True
-            self._reap()
+            self._release()
             raise self._error
 
     def _receive(self) -> None:
@@ -402,7 +382,7 @@ class BackgroundTracker:
                 self._receive()
         if self._error is not None and not self._error_raised:
             self._error_raised = True
-            self._reap()
+            self._release()
             raise self._error
         if self._run_id is None:
             self._error_raised = True
@@ -419,7 +399,7 @@ class BackgroundTracker:
     def _deliver_locally(self, status: str, reason: str | None) -> Exception:
         """The writer died: save every value it did not report delivered, with the tags and
         artifacts sent to it (replaying them twice does no harm)."""
-        self._reap()
+        self._release()
         self._unacked.extend(self._pending)
         self._pending = []
         if self._run_id is None:
@@ -441,35 +421,122 @@ class BackgroundTracker:
         except OSError:
             pass
 
-    def _reap(self) -> None:
-        """Close the pipe and collect the writer's exit status in a thread: it exits right
-        after its last reply, but tearing down its copy of this process's address space takes
-        it ~20 ms, which `finish` need not wait for."""
-        if self._r is None:
+    def _release(self, reusable: bool = False) -> None:
+        """Done with the writer: back to the pool when it closed the run and waits for the
+        next (reusable), else closed (it reads EOF, closes an open run FAILED, and exits)."""
+        writer, self._writer = self._writer, None
+        if writer is None:
             return
-        self._close()
+        self._poller.unregister(self._r)
+        self._w = self._r = None
         self._gone = self._gone or "finished"
+        if reusable and not self._out:
+            _give_back(writer)
+        else:
+            writer.close()
+
+    def __del__(self):
+        # dropped without `finish`: the writer reads EOF and closes the run FAILED
+        if getattr(self, "_writer", None) is not None:
+            self._release()
+
+
+class _Writer:
+    """A writer process, and this process's ends of the pipes to and from it.
+
+    One writer serves the runs of a process one after another (a sweep, a benchmark): the fork
+    costs ~15 ms for a process holding torch and MLflow, and for as long as the two processes
+    share their pages copy-on-write, every page this one writes to is copied (~40 ms more over
+    a short job). A writer kept for the next run pays both once per process, not once per run.
+    """
+
+    def __init__(self):
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        sys.stdout.flush()  # the child must not write the parent's buffered output again
+        sys.stderr.flush()
+        # A full garbage collection here while the pages are shared would write to every
+        # object's header: a copy of each page of the heap (hundreds of ms for the ~1 GB of
+        # a process with torch and MLflow). Objects older than the fork are kept out of the
+        # collector's sight until the first run ends (`thaw`; gc.freeze is O(1)), so that
+        # no such copy is made in the middle of that run.
+        self._froze = gc.get_freeze_count() == 0
+        if self._froze:
+            gc.freeze()
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns about fork in a process with threads (a progress bar's
+            # monitor, a rank's watchdogs): a lock another thread held at the fork would stay
+            # locked in the child. The writer takes none of those threads' locks; logging's
+            # and the import system's are reset at fork.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the writer: never returns
+            code = 1
+            try:
+                os.close(to_child_w)
+                os.close(from_child_r)
+                code = _writer_main(to_child_r, from_child_w, os.getppid())
+            finally:
+                os._exit(code)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        os.set_blocking(to_child_w, False)
+        self.pid, self.w, self.r, self.owner = pid, to_child_w, from_child_r, os.getpid()
+
+    def thaw(self) -> None:
         if self._froze:
             gc.unfreeze()
             self._froze = False
-        threading.Thread(target=_wait_for_exit, args=(self.pid,), daemon=True,
-                         name="commsgd-tracking-reaper").start()
 
-    def _close(self) -> None:
-        if self._r is None:
+    def reusable(self) -> bool:
+        """Started by this process (not inherited through a fork), and silent since its last
+        run ended: no EOF, no stray message."""
+        if self.r is None or self.owner != os.getpid():
+            return False
+        poller = select.poll()
+        poller.register(self.r, select.POLLIN)
+        return not poller.poll(0)
+
+    def close(self) -> None:
+        """Close the pipes (the writer reads EOF) and collect its exit status in a thread:
+        tearing down its copy of this process's address space takes it ~20 ms."""
+        if self.r is None:
             return
-        self._poller.unregister(self._r)
-        for fd in (self._w, self._r):
+        for fd in (self.w, self.r):
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self._w = self._r = None
+        self.w = self.r = None
+        self.thaw()
+        threading.Thread(target=_wait_for_exit, args=(self.pid,), daemon=True,
+                         name="commsgd-tracking-reaper").start()
 
-    def __del__(self):
-        # dropped without `finish`: the writer reads EOF and closes the run FAILED
-        if getattr(self, "_r", None) is not None:
-            self._reap()
+
+_idle: _Writer | None = None  # a writer waiting for this process's next run
+_idle_lock = threading.Lock()
+
+
+def _take_writer() -> _Writer:
+    global _idle
+    with _idle_lock:
+        writer, _idle = _idle, None
+    if writer is not None:
+        if writer.reusable():
+            return writer
+        if writer.owner == os.getpid():
+            writer.close()
+    return _Writer()
+
+
+def _give_back(writer: _Writer) -> None:
+    global _idle
+    writer.thaw()
+    with _idle_lock:
+        if _idle is None:
+            _idle = writer
+            return
+    writer.close()  # another run's writer is waiting already
 
 
 def _wait_for_exit(pid: int) -> None:
@@ -522,8 +589,9 @@ def _forget_inherited_stores() -> None:
             sessions.cache_clear()
 
 
-def _writer_main(inbox_fd: int, reply_fd: int, kwargs: dict, parent_pid: int) -> int:
-    """The child's body; returns its exit code."""
+def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int) -> int:
+    """The child's body: the runs the training process opens, one after another, until it
+    closes the pipe or exits. Returns the exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # The inherited heap is the training process's: a full garbage collection here would walk
@@ -531,20 +599,13 @@ def _writer_main(inbox_fd: int, reply_fd: int, kwargs: dict, parent_pid: int) ->
     # writer's garbage: keep it out of the collector's sight (the parent froze it already,
     # unless someone else had frozen objects before).
     gc.freeze()
+    _forget_inherited_stores()
 
     def reply(msg) -> None:
         try:
             _write_all(reply_fd, _frame(msg))
         except OSError:
             pass  # the training process is gone; the run is closed regardless
-
-    try:
-        _forget_inherited_stores()
-        tracker = MlflowTracker(**kwargs)
-    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
-        reply(("error", _portable(exc)))
-        return 1
-    reply(("ready", tracker.run_id, dict(tracker._skip_through)))
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -562,10 +623,43 @@ def _writer_main(inbox_fd: int, reply_fd: int, kwargs: dict, parent_pid: int) ->
             inbox.put(msg)
 
     threading.Thread(target=read, name="commsgd-tracking-reader", daemon=True).start()
-    return _serve(tracker, inbox, reply, parent_pid)
+    while True:
+        msg = _next_message(inbox, parent_pid)
+        if msg[0] == "eof":
+            return 0
+        if msg[0] != "open":
+            continue  # what a run whose opening failed sent before it knew
+        _, kwargs, cwd, env = msg
+        try:
+            os.chdir(cwd)
+            if env != os.environ:
+                os.environ.clear()
+                os.environ.update(env)
+            tracker = MlflowTracker(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+            reply(("error", _portable(exc)))
+            continue
+        reply(("ready", tracker.run_id, dict(tracker._skip_through)))
+        if _serve(tracker, inbox, reply, parent_pid) == "eof":
+            return 0
 
 
-def _serve(tracker: MlflowTracker, inbox, reply, parent_pid: int) -> int:
+def _next_message(inbox, parent_pid: int, timeout_s: float | None = None):
+    """The next message, or EOF also when the training process is gone while another process
+    (one it forked) still holds the pipe open."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+        try:
+            return inbox.get(timeout=max(0.0, wait))
+        except queue.Empty:
+            if os.getppid() != parent_pid:
+                return _EOF
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+
+def _serve(tracker: MlflowTracker, inbox, reply, parent_pid: int) -> str:
     """Execute the parent's calls. Metric values are written in batches of up to write_at
     (MLflow's per-call maximum, or tracking.flush_every if smaller: a batch costs ~6 ms plus
     ~65 µs per value, so large batches spare the CPU the training process may need), and
@@ -597,13 +691,9 @@ def _serve(tracker: MlflowTracker, inbox, reply, parent_pid: int) -> int:
                 delay, urgent = 0.5, False
             ack()
             continue
-        try:
-            msg = inbox.get(timeout=min(write_from - now, 1.0) if pending else 1.0)
-        except queue.Empty:
-            if os.getppid() != parent_pid:  # orphaned while another process holds the pipe
-                msg = _EOF
-            else:
-                continue
+        msg = _next_message(inbox, parent_pid, (write_from - now) if pending else None)
+        if msg is None:
+            continue  # time to write
         last_message = time.monotonic()
         urgent = urgent or msg[0] != "metrics"
         kind = msg[0]
@@ -634,10 +724,10 @@ def _serve(tracker: MlflowTracker, inbox, reply, parent_pid: int) -> int:
             except BaseException as exc:  # noqa: BLE001 - TrackingDeliveryError, the store's
                 outcome = exc
             reply(("finished", None if outcome is None else _portable(outcome)))
-            return 0
+            return "finished"
         elif kind == "eof":
             _close_orphaned(tracker)
-            return 0
+            return "eof"
 
 
 def _close_orphaned(tracker: MlflowTracker) -> None:

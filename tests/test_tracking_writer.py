@@ -102,8 +102,27 @@ def test_process_and_inline_writers_store_the_same_run(tmp_path, trackers):
     assert proc_run.data.tags["config_hash"] == inline_run.data.tags["config_hash"]
     (background, inline) = trackers
     assert isinstance(background, BackgroundTracker) and isinstance(inline, MlflowTracker)
-    wait_for(lambda: gone(background.pid), 10, "the writer did not exit")
     assert background.finish_wait_s is not None
+
+
+def test_one_writer_serves_the_runs_of_a_process(tmp_path, trackers):
+    """The writer waits for the next run rather than exiting (a fork and its copy-on-write
+    cost once per process, not once per run); one that died is replaced."""
+    for i in range(3):
+        cfg = make_cfg("tracking=mlflow", "steps=30", f"seed={i}", *FAST)
+        assert execute(cfg, launch_dir=tmp_path).status == "FINISHED"
+        if i == 1:
+            os.kill(trackers[1].pid, signal.SIGKILL)
+            wait_for(lambda: gone(trackers[1].pid), 10, "the writer survived SIGKILL")
+    first, second, third = (t.pid for t in trackers)
+    assert first == second != third
+    assert not gone(third)
+    client = client_for(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("logreg").experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        assert len(client.get_metric_history(r.info.run_id, "train/lr")) == 30
 
 
 def test_inline_is_used_where_fork_is_not_available(monkeypatch, tmp_path):
