@@ -179,6 +179,7 @@ class BackgroundTracker:
         self.fallback_dir = Path(fallback_dir or Path.cwd()).absolute()
         self.delivery_timeout_s = delivery_timeout_s
         self.finish_wait_s: float | None = None  # how long `finish` waited for the writer
+        self._eager = flush_every >= WRITE_AT
         self._run_id: str | None = None
         self._skip_through: dict[str, int] = {}
         self._pending: list[tuple] = []  # values not sent yet
@@ -286,10 +287,12 @@ class BackgroundTracker:
         self._send(("metrics", rows))
 
     def _send(self, msg) -> None:
-        if msg[0] in ("flush", "finish"):
-            # The last values (fewer than SEND_EVERY) go with the end of the run, as the
-            # synchronous tracker delivers its last ones (fewer than flush_every) in `finish`:
-            # a store lost after training still finds them undelivered, in the fallback file.
+        if msg[0] in ("flush", "finish") or (msg[0] != "metrics" and self._eager):
+            # The last values (fewer than SEND_EVERY) go with the first tag or artifact, once
+            # training is over, so that the writer stores them while this process makes its
+            # plots. Unless tracking.flush_every asks for batches smaller than MLflow's largest:
+            # then they go with the end of the run, as the synchronous tracker delivers its
+            # last ones (fewer than flush_every) in `finish`.
             self._send_pending()
         if self._gone is not None:
             return
