@@ -162,7 +162,9 @@ def get_or_create_experiment(client, name: str, artifact_root: Path | None) -> s
 def local_artifact_root(uri: str) -> Path | None:
     """A local SQLite store keeps its artifacts beside the database; a server has its own."""
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
+        # absolute: a relative store path (sqlite:///mlruns.db) is relative to the working
+        # directory, and MLflow wants the artifact location as a file:// URI
+        return Path(uri[len("sqlite:///"):]).absolute().parent / "mlartifacts"
     return None
 
 

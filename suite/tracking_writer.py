@@ -634,10 +634,13 @@ def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int) -> int:
             continue  # what a run whose opening failed sent before it knew
         _, kwargs, cwd, env = msg
         try:
-            os.chdir(cwd)
-            if env != os.environ:
-                os.environ.clear()
-                os.environ.update(env)
+            os.chdir(cwd)  # a relative sqlite:/// path means the same as in the run
+        except OSError:
+            pass
+        if env != os.environ:
+            os.environ.clear()
+            os.environ.update(env)
+        try:
             tracker = MlflowTracker(**kwargs)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
             reply(("error", _portable(exc)))

@@ -125,6 +125,21 @@ def test_one_writer_serves_the_runs_of_a_process(tmp_path, trackers):
         assert len(client.get_metric_history(r.info.run_id, "train/lr")) == 30
 
 
+def test_a_kept_writer_works_in_each_run_s_directory(tmp_path, monkeypatch, trackers):
+    """A relative store path means the working directory of the run, not of the run that
+    started the writer. (Each run its own file: MLflow caches a store per URI, so one relative
+    URI used from two directories in one process is not supported, inline or not.)"""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        cfg = make_cfg("tracking=mlflow", f"tracking.uri=sqlite:///{name}.db", "steps=20", *FAST)
+        assert execute(cfg, launch_dir=tmp_path / name).status == "FINISHED"
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / name / name}.db")
+        assert only_run(client).info.status == "FINISHED"
+    assert trackers[0].pid == trackers[1].pid
+    assert not (tmp_path / "a" / "b.db").exists()
+
+
 def test_inline_is_used_where_fork_is_not_available(monkeypatch, tmp_path):
     monkeypatch.setattr(writer_module, "fork_available", lambda: False)
     tracker = open_tracker("process", uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
