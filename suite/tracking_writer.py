@@ -31,7 +31,8 @@ One writer per process, not per run: after `finish` it waits for the process's n
 sweep's next job, the next benchmark repeat). Forking a process that holds torch and MLflow
 costs ~15 ms, and while the two share their memory pages copy-on-write every page the training
 process writes to is copied, ~40 ms more over a short job; a writer kept between runs pays
-both once per process. Each run sends it its working directory and environment.
+both once per process. Each run sends it its working directory and environment; its log
+messages (retries, failures) go where the process's logging went when it was started.
 
 Failures:
 - the child cannot create the run (a store that cannot be written): the error is sent back and
@@ -389,6 +390,7 @@ class BackgroundTracker:
             raise self._error
         if self._run_id is None:
             self._error_raised = True
+            self._release()
             raise TrackingUnavailable(
                 f"the tracking writer (pid {self.pid}) exited before it created the MLflow run "
                 f"at {self.uri} ({self._gone}); see the messages above")

@@ -25,7 +25,7 @@ from tests.conftest import ROOT, make_cfg
 
 FAST = ("task.l2=0.01", "workers=2", "eval_every=10")
 
-pytestmark = pytest.mark.skipif(not writer_module.fork_available(),
+needs_fork = pytest.mark.skipif(not writer_module.fork_available(),
                                 reason="the writer process needs fork (Linux)")
 
 
@@ -76,6 +76,7 @@ def wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
+@needs_fork
 def test_process_and_inline_writers_store_the_same_run(tmp_path, trackers):
     """Metric histories (keys, steps, values), params, tags and artifacts are the same
     whichever process writes them; the writer has exited when the run returns."""
@@ -105,6 +106,7 @@ def test_process_and_inline_writers_store_the_same_run(tmp_path, trackers):
     assert background.finish_wait_s is not None
 
 
+@needs_fork
 def test_one_writer_serves_the_runs_of_a_process(tmp_path, trackers):
     """The writer waits for the next run rather than exiting (a fork and its copy-on-write
     cost once per process, not once per run); one that died is replaced."""
@@ -125,6 +127,7 @@ def test_one_writer_serves_the_runs_of_a_process(tmp_path, trackers):
         assert len(client.get_metric_history(r.info.run_id, "train/lr")) == 30
 
 
+@needs_fork
 def test_a_kept_writer_works_in_each_run_s_directory(tmp_path, monkeypatch, trackers):
     """A relative store path means the working directory of the run, not of the run that
     started the writer. (Each run its own file: MLflow caches a store per URI, so one relative
@@ -148,6 +151,7 @@ def test_inline_is_used_where_fork_is_not_available(monkeypatch, tmp_path):
     tracker.finish("FINISHED")
 
 
+@needs_fork
 def test_keyboard_interrupt_ends_the_run_killed(tmp_path, monkeypatch):
     """Ctrl-C in the training loop: the run is closed KILLED, with what it logged so far."""
     calls = []
@@ -204,6 +208,7 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+@needs_fork
 def test_ctrl_c_to_the_process_group_ends_the_run_killed(tmp_path):
     """A terminal's Ctrl-C reaches every process of the group, the writer included: the
     writer ignores it, and the training process closes the run KILLED through it."""
@@ -222,6 +227,7 @@ def test_ctrl_c_to_the_process_group_ends_the_run_killed(tmp_path):
     assert "interrupted" in run.data.tags["failure"]
 
 
+@needs_fork
 def test_sigkill_of_the_training_process_leaves_the_run_failed(tmp_path):
     """The training process dies without a word: its writer delivers what it received and
     closes the run FAILED within seconds; no run is left RUNNING."""
@@ -249,6 +255,7 @@ def test_sigkill_of_the_training_process_leaves_the_run_failed(tmp_path):
     assert lr == list(range(len(lr)))  # what was delivered has no gap
 
 
+@needs_fork
 def test_a_dead_writer_loses_nothing(tmp_path, monkeypatch, trackers):
     """Kill the writer mid-run: training goes on, the run ends with TrackingDeliveryError
     naming a fallback file, and replaying that file completes the run: the same histories as
@@ -291,6 +298,7 @@ def test_a_dead_writer_loses_nothing(tmp_path, monkeypatch, trackers):
     assert histories(client, run) == histories(reference, only_run(reference))
 
 
+@needs_fork
 def test_a_store_that_cannot_be_written_stops_the_run_early(tmp_path):
     """The writer cannot create the run: its error is raised in the training process at its
     next log call, not after training; the same error as the synchronous tracker's."""
