@@ -9,12 +9,16 @@ cannot be made cheaper through MLflow's public API, so it is moved off the train
   writer thread would take the GIL from the training loop (itself Python-bound for small
   models) about as often as the synchronous calls did. A process has its own interpreter and
   runs on another core;
-- started with fork (POSIX, Linux): the child inherits the already-imported MLflow, SQLAlchemy
-  and this suite, and is ready in milliseconds; a spawned child would spend ~1.8 s importing
-  MLflow again. It is a plain `os.fork()` (what multiprocessing's "fork" start method does),
-  not a `multiprocessing.Process`: the distributed launcher's ranks are daemonic processes, to
-  which multiprocessing refuses children, and multiprocessing's exit handler would join or
-  terminate the writer when the training process exits, before it could close the run;
+- started with fork (POSIX, Linux): the child inherits the modules already imported (torch,
+  this suite, and MLflow and SQLAlchemy once a run or a sweep callback has used them) and is
+  ready in milliseconds; a spawned child would spend ~1.8 s importing MLflow again. Where
+  MLflow is not imported yet (a fresh `commsgd-run`), the child imports it while training
+  goes on, and the training process never imports it at all; it then waits for it only if it
+  asks for the run's id (or finishes) before the ~1.5 s import is over. It is a plain
+  `os.fork()` (what multiprocessing's "fork" start method does), not a
+  `multiprocessing.Process`: the distributed launcher's ranks are daemonic processes, to which
+  multiprocessing refuses children, and multiprocessing's exit handler would join or terminate
+  the writer when the training process exits, before it could close the run;
 - SQLite forbids using a connection across fork: the child drops the stores and engines (and
   HTTP sessions) MLflow cached in the parent, unused, and opens its own.
 
@@ -195,7 +199,6 @@ class BackgroundTracker:
         self._done = False
         self._reply = None
 
-        _preload(uri)
         self._writer = _take_writer()
         self.pid, self._w, self._r = self._writer.pid, self._writer.w, self._writer.r
         self._poller = select.poll()
@@ -549,19 +552,6 @@ def _wait_for_exit(pid: int) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
-
-
-def _preload(uri: str) -> None:
-    """Import what the writer will need before forking, so that it starts at once (the
-    synchronous tracker would import the same in this process)."""
-    import mlflow.entities  # noqa: F401
-    import mlflow.tracking  # noqa: F401
-
-    if not uri.startswith(("http://", "https://")):
-        try:
-            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-        except ImportError:
-            pass
 
 
 # -- the writer process -----------------------------------------------------------------------
