@@ -258,7 +258,7 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
     tracker = _make_tracker(cfg, run, launch_dir, out_dir, sweep_id,
                             resume_run_id=_reopenable(restored, cfg, launch_dir))
 
-    status, reason, state = "FAILED", None, None
+    status, reason, state, final = "FAILED", None, None, {}
     try:
         if on_start is not None:
             on_start(tracker)
@@ -270,13 +270,9 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
                 ckpt_path, run=run, run_id=tracker.run_id, config_hash=digest, **kw)
         state, final = _loop(cfg, run, tracker, restored=restored, save=saver)
         status = "FINISHED"
-        return RunResult(status, final, tracker.run_id, tracker.uri, tracker.experiment_name,
-                         tracker.history, params=run.algorithm.params(state))
     except Diverged as exc:
         reason = str(exc)
         tracker.set_tags({"diverged": "true"})
-        return RunResult("FAILED", {}, tracker.run_id, tracker.uri, tracker.experiment_name,
-                         tracker.history, reason)
     except KeyboardInterrupt:
         status, reason = "KILLED", "interrupted (KeyboardInterrupt)"
         raise
@@ -285,6 +281,12 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
         raise
     finally:
         _finish(cfg, run, tracker, out_dir, status, reason)
+    # Built after _finish, not inside the try: reading tracker.run_id waits for the writer
+    # process to have created the run, which in a fresh process (still importing MLflow) is
+    # better hidden behind the plots than waited for before them.
+    return RunResult(status, final, tracker.run_id, tracker.uri, tracker.experiment_name,
+                     tracker.history, reason,
+                     params=run.algorithm.params(state) if status == "FINISHED" else None)
 
 
 def _reopenable(restored, cfg, launch_dir) -> str | None:
