@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from suite.tracking_writer import WRITERS
+
 
 class ConfigError(ValueError):
     """A bad config value; the message names the key, the value and what is allowed."""
@@ -26,7 +28,6 @@ ROOT_KEYS = {
     "task", "algorithm", "compressor", "hardware", "tracking", "experiment",
 }
 LR_SCHEDULES = ("constant", "decaying", "warmup_cosine", "step")
-TRACKING_WRITERS = ("process", "inline")  # suite/tracking_writer.py
 
 
 def _is_int(v) -> bool:
@@ -80,8 +81,7 @@ def check_root(cfg: DictConfig) -> None:
     tracking = cfg.get("tracking")
     if isinstance(tracking, DictConfig) and tracking.get("name") == "mlflow":
         writer = tracking.get("writer", "process")
-        _require(writer in TRACKING_WRITERS, "tracking.writer", writer,
-                 f"one of {', '.join(TRACKING_WRITERS)}")
+        _require(writer in WRITERS, "tracking.writer", writer, f"one of {', '.join(WRITERS)}")
 
 
 def group_kwargs(cfg: DictConfig, group: str) -> tuple[str, dict]:
