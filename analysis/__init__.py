@@ -4,7 +4,7 @@
     rates     linear rate, power law, floors, time-to-target, speedup, all with bootstrap CIs
     groups    per-configuration arrays and fits, targets, the alpha-beta projection
     theory    the algorithm modules' theorems beside the fitted values
-    claims    THEORY.md §9's predictions against the experiment presets' runs
+    claims    docs/theory.md §9's predictions against the experiment presets' runs
     plots     convergence, performance profiles, speedup (PNG bytes)
     document  one report model rendered as Markdown and as standalone HTML
     report    the `commsgd-report` command

@@ -1,4 +1,4 @@
-"""The papers' claims (THEORY.md §9), each checked against the runs of its experiment preset.
+"""The papers' claims (docs/theory.md §9), each checked against the runs of its experiment preset.
 
 A claim is evaluated only on the runs of the preset made for it (conf/experiment/<name>.yaml,
 which logs to the MLflow experiment of the same name, or its `_full` variant). Where those runs
@@ -9,7 +9,7 @@ are absent the verdict is "not run". Verdicts:
 - partly supported: the checks that can decide pass, the others cannot decide;
 - inconclusive: the runs exist but cannot decide (too few seeds, no target reached...).
 Checks compare intervals, never single numbers, and ratios between paired runs rather than the
-theorems' unverified absolute constants (THEORY.md §8e).
+theorems' unverified absolute constants (docs/theory.md §8e).
 """
 
 from __future__ import annotations

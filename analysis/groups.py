@@ -1,7 +1,7 @@
 """Per-group arrays and fits: the numbers every table and plot of the report is built from.
 
 A group is one configuration over its seeds (analysis.runs). For each group we align the seeds'
-histories on their common steps and fit, from the FINISHED seeds (THEORY.md §8):
+histories on their common steps and fit, from the FINISHED seeds (docs/theory.md §8):
 - the linear rate of the seed-mean suboptimality (§8a), over a window that stops at 10× the
   floor where the tail shows a plateau;
 - the floor: the tail mean with its plateau test, and the joint fit F + Cρ^k where a plateau
@@ -125,7 +125,7 @@ def build_groups(runset: RunSet, *, n_boot: int = rates.N_BOOT, fit: bool = True
 
 
 def fit_group(g: Group, *, n_boot: int = rates.N_BOOT) -> None:
-    """Rate and floor of the group's FINISHED seeds (THEORY.md §8a, §8b)."""
+    """Rate and floor of the group's FINISHED seeds (docs/theory.md §8a, §8b)."""
     Y = g.finished[SUBOPT]
     if Y.size == 0 or Y.shape[1] < 4:
         g.notes.append("no finished seed with a full curve")
@@ -137,7 +137,7 @@ def fit_group(g: Group, *, n_boot: int = rates.N_BOOT) -> None:
     # decaying at the end has no floor within the run
     floor = g.floor.floor.value if g.floor.plateau and g.floor.floor.ok else 0.0
     if g.params.get("lr_schedule", "constant") != "constant":
-        # a decaying step size gives a power law (THEORY.md §8c), not a geometric transient to
+        # a decaying step size gives a power law (docs/theory.md §8c), not a geometric transient to
         # a floor: fit p in m_k ∝ k^(−p) on the anytime curve instead of F + Cρ^k
         g.power = rates.power_law(steps, Y, n_boot=n_boot)
         return
@@ -246,7 +246,7 @@ SPEEDUP_LADDER = tuple(m * 10.0**e for e in range(-5, 0) for m in (1, 2, 5))
 
 
 def speedup_target(series: list[list[Group]]) -> tuple[float, float]:
-    """ε for the speedup of one task, as (ε, relative level): THEORY.md §8d asks for an ε above
+    """ε for the speedup of one task, as (ε, relative level): docs/theory.md §8d asks for an ε above
     all floors, reached by every K. The smallest level r·F0 on the 1-2-5 ladder from 1e-5 to
     0.5 that the seed-mean curve of every K reaches, in the series with the smallest H (the
     reference where speedup should be best); the same ε then serves every series of the task,

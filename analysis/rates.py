@@ -1,4 +1,4 @@
-"""Empirical rates over seeds, with bootstrap confidence intervals (THEORY.md §8).
+"""Empirical rates over seeds, with bootstrap confidence intervals (docs/theory.md §8).
 
 Every fit takes a matrix Y[S, n]: one row per seed, one column per logged step, and returns a
 point estimate from the seed-MEAN curve m = mean_s Y[s] (theorems bound expectations, so we fit
@@ -129,7 +129,7 @@ class LinearRate:
 def rate_window(steps: np.ndarray, m: np.ndarray, *, floor: float = 0.0, f_star: float = 0.0,
                 burn_in: float = 0.1, floor_factor: float = 10.0, rel_precision: float = 1e-12
                 ) -> tuple[int, int] | None:
-    """Indices [i0, i1] of the window for the linear fit of log m (THEORY.md §8a):
+    """Indices [i0, i1] of the window for the linear fit of log m (docs/theory.md §8a):
     - start k0: the first step after burn-in, where the gap is < burn_in × its initial value;
     - end k1: the last step before the gap first falls to max(floor_factor·floor,
       rel_precision·scale, 100·eps·|f*|), with scale the initial gap. Below 10× the floor the
@@ -151,7 +151,7 @@ def rate_window(steps: np.ndarray, m: np.ndarray, *, floor: float = 0.0, f_star:
 
 def linear_rate(steps, Y, *, floor: float = 0.0, f_star: float = 0.0, n_boot: int = N_BOOT,
                 seed: int = 0, level: float = LEVEL, **window_kw) -> LinearRate:
-    """ρ̂ = exp(slope) of the OLS line through log m_k, k in the window (THEORY.md §8a).
+    """ρ̂ = exp(slope) of the OLS line through log m_k, k in the window (docs/theory.md §8a).
 
     The window is chosen once on the full-sample mean curve and kept for every replicate, so
     the interval reflects seed-to-seed variation of the slope, not of the window rule. A
@@ -188,7 +188,7 @@ class PowerLaw:
 
     @property
     def stable(self) -> bool:
-        """The upper-half refit's interval overlaps the full fit's (THEORY.md §8c)."""
+        """The upper-half refit's interval overlaps the full fit's (docs/theory.md §8c)."""
         return (self.p.ok and self.upper_half.ok and self.upper_half.lo <= self.p.hi
                 and self.p.lo <= self.upper_half.hi)
 
@@ -212,7 +212,7 @@ def _power_fit(T, Y, n_boot, seed, level) -> Estimate:
 
 def power_law(T, Y, *, t_min: float | None = None, n_boot: int = N_BOOT, seed: int = 0,
               level: float = LEVEL) -> PowerLaw:
-    """p̂ in log m_T = c − p·log T by WLS over T ≥ t_min (THEORY.md §8c). By default t_min is
+    """p̂ in log m_T = c − p·log T by WLS over T ≥ t_min (docs/theory.md §8c). By default t_min is
     the geometric midpoint of the T range: the asymptotic range is taken as the upper half in
     log T, where the higher-order terms (∝ T^−2 and faster) have decayed most. The fit is
     repeated on the upper half of that range; `stable` says whether the two agree."""
@@ -247,7 +247,7 @@ class Floor:
 
 def tail_floor(steps, Y, *, tail: float = 0.25, n_boot: int = N_BOOT, seed: int = 0,
                level: float = LEVEL, flat: float = math.log(0.9)) -> Floor:
-    """Tail mean over the last `tail` fraction of steps (THEORY.md §8b), averaged over seeds,
+    """Tail mean over the last `tail` fraction of steps (docs/theory.md §8b), averaged over seeds,
     with a bootstrap interval over seeds.
 
     Plateau test: for each seed, d_s = log(mean of the tail's second half / mean of its first
@@ -338,7 +338,7 @@ def _profile_fit(k: np.ndarray, M: np.ndarray, u: np.ndarray, w: np.ndarray):
 def joint_floor(steps, Y, *, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL,
                 grid_size: int = 240, burn_in: float = 0.1) -> JointFit:
     """F and ρ in m_k = F + C·ρ^k by weighted nonlinear least squares with relative weights
-    (THEORY.md §8b), fitted after the burn-in of §8a (from the first step where the gap is
+    (docs/theory.md §8b), fitted after the burn-in of §8a (from the first step where the gap is
     < burn_in × its initial value: the first steps of a real transient are rarely one
     exponential, and with relative weights they would decide ρ), as iteratively reweighted
     least squares:
@@ -546,7 +546,7 @@ def speedup(curves: dict[int, tuple[np.ndarray, np.ndarray]], eps: float, *,
 def log_log_slope(x: list[float], samples: list[np.ndarray], *, n_boot: int = N_BOOT,
                   seed: int = 0, level: float = LEVEL) -> Estimate:
     """Slope of log mean(samples[i]) against log x[i] by OLS, e.g. the exponent of the
-    asymptotic error in K (−1 for linear speedup, THEORY.md §8e) or of a floor in γ (+1, §8b).
+    asymptotic error in K (−1 for linear speedup, docs/theory.md §8e) or of a floor in γ (+1, §8b).
     samples[i] are per-seed values at x[i] (independent runs); the bootstrap resamples the
     seeds of each x independently."""
     lx = np.log(np.asarray(x, dtype=float))

@@ -8,7 +8,7 @@ writes OUT/report.md, OUT/report.html (standalone: plots embedded as data URIs) 
 and logs them as artifacts of a summary run "report-<timestamp>" (tag commsgd.report=true) in
 the first experiment; the runs reader leaves such summary runs out of every analysis.
 The methods (target rule, fits, intervals, alpha-beta model, profiles) are stated in the report
-itself and in docs/analysis.md; the fits are THEORY.md §8's.
+itself and in docs/analysis.md; the fits are docs/theory.md §8's.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class Report:
         doc.bullets([
             "Every figure is over seeds: the point estimate comes from the seed-mean curve "
             "(theorems bound expectations) and the bracket is a 95% bootstrap interval over "
-            f"seeds ({self.n_boot} resamples; THEORY.md §8).",
+            f"seeds ({self.n_boot} resamples; docs/theory.md §8).",
             "Target ε per leaderboard (one problem: task, K, batch size): ε = r·F0, with "
             "F0 = f(x0) − f* the initial gap, and r the smallest of 1e-4, 1e-3, 1e-2, 1e-1 "
             "that at least one method reaches with at least half of its seeds (or the "
@@ -140,7 +140,7 @@ class Report:
         ])
 
     def _claims(self, doc: Doc) -> None:
-        doc.heading("Claims of the papers (THEORY.md §9)")
+        doc.heading("Claims of the papers (docs/theory.md §9)")
         doc.para("Each claim is checked on the runs of its experiment preset "
                  "(`commsgd-run experiment=<name>`); 'not run' means those runs are not in the "
                  "experiments read.")
@@ -212,7 +212,7 @@ class Report:
     def _theory(self, doc: Doc) -> None:
         doc.heading("Theory against measurement")
         doc.para("ρ̂: contraction per step of the seed-mean f − f*, OLS of its log over the "
-                 "window shown (THEORY.md §8a); ρ bound: the theorem's rate at the run's step "
+                 "window shown (docs/theory.md §8a); ρ bound: the theorem's rate at the run's step "
                  "size (from the algorithm module's theorem, at the logged constants). The rate "
                  f"bound holds when log ρ̂_hi ≤ (1 − {RATE_TOL})·log ρ_bound; tightness = "
                  "log ρ̂ / log ρ_bound (≥ 1: faster than the bound). Floor: the tail mean "
@@ -257,9 +257,9 @@ class Report:
         doc.heading("Speedup in K")
         doc.para("S(K) = T_ε(1)/T_ε(K), T_ε the first step at which the seed-mean gap is ≤ ε; "
                  "β̂ from log S = β log K (through the origin); intervals by resampling the "
-                 "seeds of each K independently (THEORY.md §8d). ε per task: the smallest "
+                 "seeds of each K independently (docs/theory.md §8d). ε per task: the smallest "
                  "r·F0 on a 1-2-5 ladder that every K reaches in the series with the smallest "
-                 "H (THEORY.md §8d: ε above all floors); a series that misses it is censored.")
+                 "H (docs/theory.md §8d: ε above all floors); a series that misses it is censored.")
         by_task: dict[str, dict] = {}
         for (task, mk), ser in series.items():
             by_task.setdefault(task, {})[mk] = ser
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not log the report as a summary run in MLflow")
     args = ap.parse_args(argv)
     if args.n_boot < 1000:
-        ap.error(f"--n-boot={args.n_boot}: at least 1000 resamples (THEORY.md §8)")
+        ap.error(f"--n-boot={args.n_boot}: at least 1000 resamples (docs/theory.md §8)")
     if args.target is not None and not 0 < args.target < 1:
         ap.error(f"--target={args.target}: a relative level in (0, 1), e.g. 1e-4")
     uri = args.tracking_uri or default_uri()

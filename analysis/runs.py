@@ -7,7 +7,7 @@
                    final.<metric> (the last logged value of each metric)
     runs.history   one long frame of metric histories: run_id, key, step, value
 
-Grouping (THEORY.md §8: fits are over seeds of one configuration):
+Grouping (docs/theory.md §8: fits are over seeds of one configuration):
 - `group`: the configuration minus the seed (and minus keys that only say where a run is
   recorded: tracking.*, progress, hydra.*). Seeds of one group are the replicates we fit over.
 - `task_key`: experiment + task.* params: runs that solve the same problem instance, so one

@@ -1,4 +1,4 @@
-"""The theorem's prediction beside the measurement, for each group (THEORY.md §8a, §8b, §8e).
+"""The theorem's prediction beside the measurement, for each group (docs/theory.md §8a, §8b, §8e).
 
 Predictions come from the algorithm modules' own `theorem(...)` functions, evaluated at the
 logged task constants (task/L, task/L_max, task/mu, ...), the compressor's declared ω or δ

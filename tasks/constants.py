@@ -1,4 +1,4 @@
-"""Logistic-regression constants and the optimum, in float64 (THEORY.md §7).
+"""Logistic-regression constants and the optimum, in float64 (docs/theory.md §7).
 
     L      = λ_max(AᵀA)/(4n) + λ          (the Hessian's largest eigenvalue at x = 0 bounds it)
     L_k    = K·λ_max(A_kᵀA_k)/(4n) + λ     (worker k's objective carries weight K·n_k/n)

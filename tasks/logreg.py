@@ -11,7 +11,7 @@ algorithms average worker messages with equal weights, as the theorems assume.
 
 Everything is batched over the worker axis: shards are padded to the largest shard size m and
 stored as one [w, m, d] tensor with zero weight on the padding, so all K gradients are one
-einsum. Computation is float64 by default (THEORY.md §7): a suboptimality below ~1e−7 is
+einsum. Computation is float64 by default (docs/theory.md §7): a suboptimality below ~1e−7 is
 invisible in float32, and linear rates must be seen down to 1e−10.
 """
 

@@ -1,5 +1,5 @@
 """The algorithms of issue 4: what each reduces to, what its update rule does, its theorem's
-formulas, and the configurations it refuses (THEORY.md §2–§6).
+formulas, and the configurations it refuses (docs/theory.md §2–§6).
 
 Problems are small and seeded (synthetic logistic regression, d = 12, 4 workers), so every test
 runs in well under a second. Trajectories are stepped through `Run` directly, which is what the

@@ -6,7 +6,7 @@ What each test guards:
 - the declared constants: unbiasedness and E‖C(x) − x‖² ≤ ω‖x‖² (or (1 − δ)‖x‖²) by Monte
   Carlo on adversarial inputs, with tolerances derived below;
 - edge cases: zero vectors, d = 1, NaN/inf, invalid hyper-parameters, dtype ranges;
-- the special cases of THEORY.md §1 as exact equalities from the same streams;
+- the special cases of docs/theory.md §1 as exact equalities from the same streams;
 - per-worker streams: a worker's output does not depend on which other workers share the batch.
 """
 
@@ -457,7 +457,7 @@ def test_natural_refuses_float16_inputs_that_could_round_past_its_range():
         c.compress(torch.tensor([[40000.0]], dtype=torch.float16), streams_for(1))
 
 
-# ---------------------------------------------------------------- special cases (THEORY.md §1)
+# ---------------------------------------------------------------- special cases (docs/theory.md §1)
 
 
 @pytest.mark.parametrize("block", [None, 4])

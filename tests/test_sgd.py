@@ -1,4 +1,4 @@
-"""Parallel SGD on logistic regression against THEORY.md §2."""
+"""Parallel SGD on logistic regression against docs/theory.md §2."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_full_batch_sgd_with_theory_step_converges_linearly_to_f_star():
 
 
 def test_constant_step_sgd_stalls_at_a_floor_that_scales_with_the_batch():
-    """Minibatch SGD with a constant step reaches a noise floor ∝ γσ²/(μKb) (THEORY.md §2):
+    """Minibatch SGD with a constant step reaches a noise floor ∝ γσ²/(μKb) (docs/theory.md §2):
     quadrupling b must lower the tail suboptimality (by ~4×; we assert more than 2×)."""
     tails = {}
     for b in (2, 8):

@@ -1,7 +1,7 @@
 """What the theorems predict, measured on small seeded logistic-regression problems
-(THEORY.md §3, §4, §5, §6, fitted as §8 describes, predictions of §9).
+(docs/theory.md §3, §4, §5, §6, fitted as §8 describes, predictions of §9).
 
-Tolerances. Constants marked [M] in THEORY.md are never thresholds here; we assert scalings
+Tolerances. Constants marked [M] in docs/theory.md are never thresholds here; we assert scalings
 (ratios of paired runs) and inequalities the theorems guarantee. Where minibatch or compressor
 noise matters we average seeds and say by how much the measurement cleared its threshold when
 the test was written (the margins printed with `-s`). Every problem is evaluated on a few
@@ -47,7 +47,7 @@ def curve(run: Run, steps: int, every: int = 1):
 
 
 def seed_mean(overrides: tuple, seeds, steps: int, every: int = 1):
-    """The seed-mean curve m_t = mean_s (f_s(x_t) − f*) (THEORY.md §8: fit the mean, not the
+    """The seed-mean curve m_t = mean_s (f_s(x_t) − f*) (docs/theory.md §8: fit the mean, not the
     mean of logs)."""
     curves = [curve(Run(make_cfg(*overrides, f"seed={s}", f"steps={steps}")), steps, every)
               for s in seeds]
@@ -97,7 +97,7 @@ def test_diana_converges_linearly_to_the_exact_optimum_on_heterogeneous_data():
 
 @pytest.mark.parametrize("name", sorted(QUANTIZED))
 def test_quantized_sgd_stalls_at_a_floor_that_halves_with_the_step_size(name):
-    """THEORY.md §6: floor ≤ (γ/(μK))·2ωζ*² with σ = 0, linear in γ. Measured as the tail mean
+    """docs/theory.md §6: floor ≤ (γ/(μK))·2ωζ*² with σ = 0, linear in γ. Measured as the tail mean
     (last 25%) of the 2-seed mean curve. When written: ratios 1.97 (dqgd), 2.04 (qsgd), 2.08
     (terngrad), and 1.89–2.20 over three other seed pairs; floors 1e-4 to 1e-3, far above
     1e-6 and far below the theorem's bound."""
@@ -145,7 +145,7 @@ def test_the_floor_vanishes_when_workers_hold_identical_data(name):
 
 # A noisy problem: iid split, minibatches of 2, d = 100 so that top-k at 1% keeps k = 1.
 # Decaying steps γ_t = 0.5·40/(40+t) (≥ 1/(μt) for large t, so the stochastic term is the
-# O(1/T) one of THEORY.md §3) make "same asymptotics as SGD" observable at a fixed T.
+# O(1/T) one of docs/theory.md §3) make "same asymptotics as SGD" observable at a fixed T.
 NOISY = ("task.dataset=synthetic", "task.n_samples=800", "task.dim=100", "task.split=iid",
          "task.l2=0.1", "workers=4", "batch_size=2", "lr=0.5", "lr_schedule=decaying",
          "lr_offset=40", ONE_THREAD)
@@ -172,7 +172,7 @@ def final_error(name: str) -> float:
 
 
 def test_error_feedback_top_k_matches_sgd_and_top_k_without_it_does_not():
-    """THEORY.md §3 prediction 1 and §9.5: EF-top-k (δ = 1/100) ends within 2× of SGD
+    """docs/theory.md §3 prediction 1 and §9.5: EF-top-k (δ = 1/100) ends within 2× of SGD
     (measured 1.07× when written, 1.06–1.10× over two other seed pairs); top-k without EF
     stalls (measured 20× SGD's error, 16–22× over other seeds; we assert ≥ 10×)."""
     sgd, ef, no_ef = final_error("sgd"), final_error("ef_topk"), final_error("topk_no_ef")
@@ -183,7 +183,7 @@ def test_error_feedback_top_k_matches_sgd_and_top_k_without_it_does_not():
 
 
 def test_delayed_sgd_is_slower_early_and_catches_up():
-    """THEORY.md §3: the delay τ slows only the transient; the σ²/(μT) term is SGD's.
+    """docs/theory.md §3: the delay τ slows only the transient; the σ²/(μT) term is SGD's.
     Early = the first 200 steps (10 evaluations); measured when written: delayed/SGD
     1.84× early (1.84–2.12 over other seeds; we assert ≥ 1.2×) and 1.01× at the end (we
     assert ≤ 2×)."""
@@ -229,7 +229,7 @@ RATE = ("task.dataset=breast_cancer", "task.split=by_label", "task.l2=0.01", "wo
 
 
 def fitted_rate(ts, m, floor: float = 0.0):
-    """OLS of log m_t on t over [k0, k1] (THEORY.md §8a): k0 = first t with m < 0.1·m_first,
+    """OLS of log m_t on t over [k0, k1] (docs/theory.md §8a): k0 = first t with m < 0.1·m_first,
     k1 = first t with m < max(10·floor, 1e-12), or the end."""
     start = int(np.argmax(m < 0.1 * m[0]))
     below = np.flatnonzero(m < max(10 * floor, 1e-12))

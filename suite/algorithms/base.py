@@ -12,7 +12,7 @@ Each module also carries its theorem as a pure function of the task constants:
 
     theorem(constants, *, workers, batch_size, omega=..., lr=None, **hyper) -> Theorem
 
-with the largest admissible step size (`lr=theory` uses it), and, where THEORY.md gives them,
+with the largest admissible step size (`lr=theory` uses it), and, where docs/theory.md gives them,
 the linear contraction factor per step and the neighbourhood floor. The analysis package reads
 these functions; nothing is written twice.
 """
@@ -31,7 +31,7 @@ class ConfigurationError(ValueError):
 
 
 class Theorem(NamedTuple):
-    """What a theorem predicts for one configuration (THEORY.md, section given in `source`)."""
+    """What a theorem predicts for one configuration (docs/theory.md, section given in `source`)."""
 
     lr_max: float  # the largest step size the theorem admits
     rate: float | None = None  # contraction factor per step of the bounded quantity

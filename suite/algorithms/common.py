@@ -37,7 +37,7 @@ def check_lr(lr: float, name: str, why: str) -> None:
 
 def contraction_delta(omega: float | None, delta: float | None, *, scale_unbiased: bool
                       ) -> float | None:
-    """δ of the compressor as error feedback sees it (THEORY.md §1).
+    """δ of the compressor as error feedback sees it (docs/theory.md §1).
 
     - contractive C(δ): δ;
     - unbiased U(ω), scaled by 1/(ω+1): δ = 1/(ω+1);

@@ -3,7 +3,7 @@
     x_{t+1} = x_t − γ_t · (1/K) Σ_k g^k(x_{t−τ_t^k}),      g(x_s) := 0 for s < 0
 
 Stich & Karimireddy, "The Error-Feedback Framework: Better Rates for SGD with Delayed Gradients
-and Compressed Communication", arXiv:1909.05350 (JMLR 2020); THEORY.md §3. In the framework the
+and Compressed Communication", arXiv:1909.05350 (JMLR 2020); docs/theory.md §3. In the framework the
 delay is an error memory e_t = γ Σ_{s=t−τ}^{t−1} g_s, and the virtual iterate x̃_t = x_t − e_t
 is plain SGD: the delay slows only the transient, not the σ²/(μT) term.
 
@@ -33,7 +33,7 @@ from suite.rng import derive_seed
 from .base import Algorithm, ConfigurationError, Context, Theorem
 
 MODES = ("fixed", "random")
-# THEORY.md §3: γ ≤ 1/(c·L·(τ + M + 1)) with an unverified absolute constant c [M]. We take
+# docs/theory.md §3: γ ≤ 1/(c·L·(τ + M + 1)) with an unverified absolute constant c [M]. We take
 # c = 5: in the framework's virtual-iterate argument the memory bound
 # E‖e‖² ≲ γ²τ²‖∇f‖² ≤ 2Lγ²τ²(f − f*) keeps 3Lγ·E‖e‖² below (γ/4)(f − f*) once γ ≤ 1/(5Lτ),
 # and τ + 1 covers γ ≤ 1/(4L) at τ = 0. A sketch, not the paper's constant: tests check the
@@ -103,7 +103,7 @@ def build(ctx: Context, *, mode: str = "fixed", delay: int = 0, max_delay: int |
 def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | None = 0.0,
             lr: float | None = None, mode: str = "fixed", delay: int = 0,
             max_delay: int | None = None, **_) -> Theorem:
-    """THEORY.md §3, delayed SGD on a μ-quasi-convex f [M: structure from the paper, constant
+    """docs/theory.md §3, delayed SGD on a μ-quasi-convex f [M: structure from the paper, constant
     c documented above]:
 
         E f(x_out) − f* = Õ(L(τ+M+1)·r0·exp[−μT/(cL(τ+M+1))] + σ²/(μT)),
@@ -119,4 +119,4 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
     lr_max = 1.0 / (DELAY_CONSTANT * c["L"] * (tau + NOISE_M + 1.0))
     gamma = lr_max if lr is None else lr
     rate = 1.0 - gamma * c["mu"] if gamma <= lr_max else None
-    return Theorem(lr_max, rate, None, "subopt", "THEORY.md §3 (delayed SGD, c=5 [M])")
+    return Theorem(lr_max, rate, None, "subopt", "docs/theory.md §3 (delayed SGD, c=5 [M])")

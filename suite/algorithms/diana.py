@@ -12,7 +12,7 @@ Worker i (shift h_i, h_i^0 = 0) and server (shift h = (1/K) Σ_i h_i, momentum v
     x    ← prox_{γR}(x − γ v),           R(x) = l1·‖x‖₁ (soft-thresholding)
 
 Mishchenko, Gorbunov, Takáč & Richtárik, "Distributed Learning with Compressed Gradient
-Differences", arXiv:1901.09269; THEORY.md §5. With σ = 0 (full gradients) the shifts learn
+Differences", arXiv:1901.09269; docs/theory.md §5. With σ = 0 (full gradients) the shifts learn
 h_i → ∇f_i(x*), the differences and their compression noise go to 0, and DIANA converges
 linearly to the exact optimum, where QSGD/TernGrad/DQGD stall at a floor ∝ γωζ*²/(μK).
 
@@ -88,7 +88,7 @@ def build(ctx: Context, *, alpha: float | None = None, momentum: float = 0.0, l1
 def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | None = 0.0,
             lr: float | None = None, alpha: float | None = None, momentum: float = 0.0,
             **_) -> Theorem:
-    """THEORY.md §5, strongly convex, β = 0 [D,N structure; the paper's exact constants M]:
+    """docs/theory.md §5, strongly convex, β = 0 [D,N structure; the paper's exact constants M]:
     for α ≤ 1/(ω+1) and γ ≤ lr_max = 1/(L_max(1 + 6ω/K)),
 
         E V^k ≤ (1 − min(γμ, α/2))^k V^0 + γ²(1+ω)(1+4αω)σ² / (K·min(γμ, α/2)),
@@ -103,7 +103,7 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
     lr_max = 1.0 / (c["L_max"] * (1.0 + 6.0 * omega / workers))
     gamma = lr_max if lr is None else lr
     a = 1.0 / (omega + 1.0) if alpha is None else float(alpha)
-    source = "THEORY.md §5 (DIANA, strongly convex, β=0)"
+    source = "docs/theory.md §5 (DIANA, strongly convex, β=0)"
     if not (0 < a <= 1.0 / (omega + 1.0) + 1e-12) or momentum or gamma > lr_max:
         return Theorem(lr_max, None, None, "dist_sq", source)
     m = min(gamma * c["mu"], a / 2.0)

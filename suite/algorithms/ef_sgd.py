@@ -9,7 +9,7 @@ compression has not yet delivered, and adds it back before compressing the next 
     x_{t+1}   = x_t − (1/K) Σ_k v^k_t              (the server broadcasts the mean, dense)
 
 Stich & Karimireddy, "The Error-Feedback Framework: Better Rates for SGD with Delayed Gradients
-and Compressed Communication", arXiv:1909.05350 (JMLR 2020); THEORY.md §3. The memory is what
+and Compressed Communication", arXiv:1909.05350 (JMLR 2020); docs/theory.md §3. The memory is what
 makes a biased compressor safe: the virtual iterate x̃_t = x_t − (1/K) Σ_k e^k_t follows plain
 SGD exactly, so compression only perturbs the point at which gradients are taken.
 
@@ -38,9 +38,9 @@ from . import sgd
 from .base import Algorithm, ConfigurationError, Context, Theorem
 from .common import check_lr, contraction_delta, no_theorem
 
-# THEORY.md §3 states the admissible step γ ≤ δ/(c·L·(M+1)) with an unverified absolute
+# docs/theory.md §3 states the admissible step γ ≤ δ/(c·L·(M+1)) with an unverified absolute
 # constant c [M]. We take c = 12: in the framework's virtual-iterate argument, the memory bound
-# E‖e‖² ≲ 6γ²‖∇f‖²/δ² (THEORY.md §3) with ‖∇f‖² ≤ 2L(f − f*) keeps the perturbation term
+# E‖e‖² ≲ 6γ²‖∇f‖²/δ² (docs/theory.md §3) with ‖∇f‖² ≤ 2L(f − f*) keeps the perturbation term
 # 3Lγ·E‖e‖² below (γ/4)(f − f*) once γ ≤ δ/(12L), which also implies γ ≤ 1/(4L). A sketch,
 # not the paper's constant: tests check the scaling in δ, never this number.
 EF_CONSTANT = 12.0
@@ -86,13 +86,13 @@ def build(ctx: Context, *, error_feedback: bool = True, scale_unbiased: bool = T
 def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | None = None,
             delta: float | None = None, lr: float | None = None, error_feedback: bool = True,
             scale_unbiased: bool = True, **_) -> Theorem:
-    """THEORY.md §3, EF with δ [M: structure from the paper, constant c documented above]:
+    """docs/theory.md §3, EF with δ [M: structure from the paper, constant c documented above]:
 
         E f(x_out) − f* = Õ((L(M+1)/δ)·r0·exp[−δμT/(cL(M+1))] + σ²/(μT) + Lσ²/(δμ²T²)),
 
     for γ ≤ lr_max = δ/(c·L·(M+1)), c = EF_CONSTANT, M = NOISE_M. The transient contracts by
     exp(−γμ) per step at γ = lr_max; we report rate = 1 − γμ for γ ≤ lr_max (quantity: subopt).
-    No floor: THEORY.md states none for EF (its stochastic terms decay with T).
+    No floor: docs/theory.md states none for EF (its stochastic terms decay with T).
 
     δ: the compressor's own for a contractive one; 1/(ω+1) for an unbiased one scaled by
     1/(ω+1); 1 − ω for an unscaled one with ω < 1. Without error feedback: `sgd`'s theorem
@@ -110,4 +110,4 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
     lr_max = d / (EF_CONSTANT * c["L"] * (NOISE_M + 1.0))
     gamma = lr_max if lr is None else lr
     rate = 1.0 - gamma * c["mu"] if gamma <= lr_max else None
-    return Theorem(lr_max, rate, None, "subopt", "THEORY.md §3 (EF-SGD, c=12 [M])")
+    return Theorem(lr_max, rate, None, "subopt", "docs/theory.md §3 (EF-SGD, c=12 [M])")

@@ -4,7 +4,7 @@
     x^k_{t+1} = (1/K) Σ_k' y^k'_{t+1}   if t+1 ∈ I_T (a synchronisation),   else y^k_{t+1}
 
 Stich, "Local SGD Converges Fast and Communicates Little", ICLR 2019, arXiv:1805.09767;
-THEORY.md §4. I_T is every H-th step (`local_steps: H`) or an explicit list (`sync_steps`).
+docs/theory.md §4. I_T is every H-th step (`local_steps: H`) or an explicit list (`sync_steps`).
 
 Synchronisation through the channel: each worker sends its progress since the last
 synchronisation, y^k − x_sync, up-link (compressed by the run's compressor), and the server
@@ -132,7 +132,7 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
             lr: float | None = None, local_steps: int = 1, sync_steps: list | None = None,
             output: str = "last", schedule: str = "constant", a: float | None = None,
             **_) -> Theorem:
-    """THEORY.md §4. Local SGD's theorem (Stich 2019, Theorem 2.2) is a bound in T with decaying
+    """docs/theory.md §4. Local SGD's theorem (Stich 2019, Theorem 2.2) is a bound in T with decaying
     steps, not a linear rate: `rate` and `floor` are None here and the bound itself is
     `bound(...)` below.
 
@@ -149,14 +149,14 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
                 f"lr={lr} would be ignored: set lr=theory, or algorithm.schedule=constant")
         a_value = float(a) if a is not None else default_a(c, max_gap(H, sync_set))
         return Theorem(4.0 / (c["mu"] * a_value), None, None, "subopt",
-                       "THEORY.md §4 (Local SGD Theorem 2.2: see local_sgd.bound)")
+                       "docs/theory.md §4 (Local SGD Theorem 2.2: see local_sgd.bound)")
     return Theorem(1.0 / (CONSTANT_STEP_FACTOR * c["L"]), None, None, "subopt",
-                   "THEORY.md §4 (Local SGD: constant-step bound 1/(4L), documented choice)")
+                   "docs/theory.md §4 (Local SGD: constant-step bound 1/(4L), documented choice)")
 
 
 def bound(constants: dict, T: int, K: int, b: int | None, H: int, G_sq: float, *, r0: float,
           a: float | None = None) -> float:
-    """Theorem 2.2 of Stich (2019) as reconstructed in THEORY.md §4 [M: constants unverified],
+    """Theorem 2.2 of Stich (2019) as reconstructed in docs/theory.md §4 [M: constants unverified],
     for η_t = 4/(μ(a+t)), a > max(16κ, H), the weighted output x̂_T:
 
         E f(x̂_T) − f* ≤ μa³r0/(2S_T) + 4T(T+2a)σ²/(μbK·S_T) + 256·T·L·G²·H²/(μ²·S_T),

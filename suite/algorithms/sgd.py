@@ -9,9 +9,9 @@ message, as deep-learning recipes do (He et al. 2016 train CIFAR ResNets with β
 
 The theorems below are for β = 0; with β > 0, lr=theory is refused.
 
-With the identity compressor this is minibatch parallel SGD (THEORY.md §2); with an unbiased
+With the identity compressor this is minibatch parallel SGD (docs/theory.md §2); with an unbiased
 compressor it is QSGD (Alistarh et al. 2017), TernGrad (Wen et al. 2017) or, with full local
-gradients, DQGD (Khirirat, Feyzmahdavian & Johansson 2018) (THEORY.md §6); with a biased one
+gradients, DQGD (Khirirat, Feyzmahdavian & Johansson 2018) (docs/theory.md §6); with a biased one
 (top-k, sign) it is the no-error-feedback baseline that EF-SGD is measured against.
 """
 
@@ -54,7 +54,7 @@ def build(ctx: Context, *, momentum: float = 0.0) -> Algorithm:
 
 def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | None = 0.0,
             lr: float | None = None, momentum: float = 0.0, **_) -> Theorem:
-    """THEORY.md §2 (ω = 0) and §6 (unbiased ω): for γ ≤ 1/(L(1 + 2ω/K)),
+    """docs/theory.md §2 (ω = 0) and §6 (unbiased ω): for γ ≤ 1/(L(1 + 2ω/K)),
 
         E‖x_t − x*‖² ≤ (1 − γμ)^t r0 + (γ/(μK))·(2ωζ*² + (1 + ω)σ²/b).
 
@@ -68,7 +68,7 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
         return no_theorem("compressed SGD with a biased compressor can diverge; "
                           "use algorithm=ef_sgd")
     if momentum:
-        return no_theorem("the bounds of THEORY.md §2 and §6 are for momentum = 0")
+        return no_theorem("the bounds of docs/theory.md §2 and §6 are for momentum = 0")
     L = c["L"] if omega == 0 else c["L_max"]
     lr_max = 1.0 / (L * (1.0 + 2.0 * omega / workers))
     gamma = lr_max if lr is None else lr
@@ -76,4 +76,4 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
     floor = gamma / (c["mu"] * workers) * (2 * omega * c["zeta_sq"] + (1 + omega) * noise)
     rate = 1.0 - gamma * c["mu"] if gamma <= lr_max else None
     return Theorem(lr_max, rate, floor if math.isfinite(floor) else None, "dist_sq",
-                   "THEORY.md §2, §6")
+                   "docs/theory.md §2, §6")

@@ -29,7 +29,7 @@ Dimension checks. `check_dim(d)`, where a compressor has one, refuses a task dim
 hyper-parameters cannot serve (e.g. top-k with k > d). The runner calls it once before the run;
 `compress` calls it too, so a direct call cannot slip past it.
 
-Classes (THEORY.md §1):
+Classes (docs/theory.md §1):
 - unbiased, U(ω):      E C(x) = x,  E‖C(x) − x‖² ≤ ω(d)·‖x‖²
 - contractive, C(δ):   E‖C(x) − x‖² ≤ (1 − δ(d))·‖x‖²
 """

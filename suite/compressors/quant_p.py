@@ -9,7 +9,7 @@ where ‖Δ_l‖_p is the float32 wire norm, rounded up so that every probabilit
 
 Constant: unbiased; the variance is Σ_l (‖Δ_l‖₁‖Δ_l‖_p − ‖Δ_l‖²) ≤ ω‖Δ‖² with
 ω(d) = 1/ψ_p(d_max) − 1, d_max = min(block_size, d), and ψ₁(d) = 1/d, ψ₂(d) = 1/√d,
-ψ_∞(d) = 2/(1+√d) (THEORY.md §1): ω = d_max − 1, √d_max − 1, (√d_max − 1)/2.
+ψ_∞(d) = 2/(1+√d) (docs/theory.md §1): ω = d_max − 1, √d_max − 1, (√d_max − 1)/2.
 
 Special cases (tested for exact equality from the same streams): Quant_2 with one block is
 QSGD with s = 1, and Quant_∞ with one block is TernGrad without clipping.

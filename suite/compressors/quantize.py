@@ -12,7 +12,7 @@ Three decisions live here so that every quantizer makes them the same way:
    decision is ξ_j = [u_j < p_j] for x_j >= 0 and [u_j >= 1 − p_j] for x_j < 0 (one ceiling
    of r − u decides both signs, see `stochastic_levels`). All three compressors run this one
    kernel, so QSGD(s=1) and Quant_2 (and TernGrad without clipping and Quant_∞) give identical
-   outputs from identical streams (THEORY.md §1, "Special cases"); the tests check that
+   outputs from identical streams (docs/theory.md §1, "Special cases"); the tests check that
    equality exactly.
 """
 

@@ -16,7 +16,7 @@ left unclipped: clipping it at 0 would erase the message. With clipping the comp
 unbiased for clip(g), not for g.
 
 Constant: unbiased, ω(d) = (√d − 1)/2 for the per-worker scale: the variance is exactly
-‖g‖₁‖g‖_∞ − ‖g‖² ≤ ((1+√d)/2 − 1)‖g‖² (THEORY.md §1, ψ_∞). With a shared scale s above this
+‖g‖₁‖g‖_∞ − ‖g‖² ≤ ((1+√d)/2 − 1)‖g‖² (docs/theory.md §1, ψ_∞). With a shared scale s above this
 worker's max the variance is s‖g‖₁ − ‖g‖², which can exceed ω‖g‖² (`data_dependent`).
 
 Bits: 32 + 2d (float32 scale, 2-bit packed trits); entropy_bits 32 + ⌈d·log₂3⌉ (ternary.py).
