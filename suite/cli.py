@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 
 from suite.algorithms import ConfigurationError
 from suite.compressors import CompressorError
-from suite.config import ConfigError
+from suite.config import ConfigError, check_overrides
+from suite.signals import Terminated
 from suite.tracking import TrackingDeliveryError, TrackingUnavailable
 from tasks.libsvm import DatasetChecksumError, DatasetFormatError, DatasetUnavailableError
 
@@ -51,7 +52,7 @@ def summary(result, cfg) -> str:
 
 
 def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None,
-            sweep_id: str | None = None) -> tuple[int, object]:
+            sweep_id: str | None = None, overrides=()) -> tuple[int, object]:
     """One job as the command line runs it: (exit status, RunResult or None).
 
     0: finished or skipped; 1: the run failed (diverged); 2: refused with a one-line message
@@ -62,8 +63,14 @@ def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None
     from suite.launch import execute_job, is_primary
 
     try:
+        check_overrides(list(overrides))
         result = execute_job(cfg, launch_dir=launch_dir, output_dir=output_dir,
                              sweep_id=sweep_id)
+    except Terminated as exc:
+        # SIGTERM (timeout, a scheduler, the sweep's launcher): the run is closed KILLED with
+        # its artifacts; the process exits 143 without a traceback
+        print(f"commsgd: {exc}: the run is closed KILLED", file=sys.stderr, flush=True)
+        raise
     except USER_ERRORS as exc:
         # a bad config is refused before any run is recorded
         kind = "configuration error" if isinstance(exc, ValueError) else "error"
@@ -83,7 +90,8 @@ def app(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     code, result = run_job(cfg, launch_dir=Path(hc.runtime.cwd),
                            output_dir=Path(hc.runtime.output_dir),
-                           sweep_id=hc.sweep.dir if multirun else None)
+                           sweep_id=hc.sweep.dir if multirun else None,
+                           overrides=hc.overrides.task)
     if code == 2:
         if multirun:
             raise result  # a bad config in a sweep stops the sweep

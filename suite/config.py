@@ -10,9 +10,11 @@ file is caught too. Every message names the key, the value and what is allowed.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from suite.tracking_writer import WRITERS
 
@@ -28,6 +30,7 @@ ROOT_KEYS = {
     "task", "algorithm", "compressor", "hardware", "tracking", "experiment",
 }
 LR_SCHEDULES = ("constant", "decaying", "warmup_cosine", "step")
+OPTIONAL_ROOT_KEYS = {"experiment"}  # a preset; every other root key must be there
 
 
 def _is_int(v) -> bool:
@@ -43,12 +46,44 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+def _raw(cfg: DictConfig, full_key: str):
+    """The unresolved value at a dotted key (for messages), or '?'."""
+    node: Any = OmegaConf.to_container(cfg, resolve=False)
+    for part in str(full_key).split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "?"
+        node = node[part]
+    return node
+
+
+def check_resolvable(cfg: DictConfig) -> None:
+    """Every interpolation (`steps=${nope}`) resolves; else one line naming the key."""
+    for key in cfg.keys():
+        if key == "hydra":
+            continue
+        try:
+            value = cfg[key]  # resolves a top-level interpolation
+            if isinstance(value, DictConfig):
+                OmegaConf.to_container(value, resolve=True)
+        except OmegaConfBaseException as exc:
+            where = getattr(exc, "full_key", None) or key
+            msg = str(exc).splitlines()[0]
+            raise ConfigError(f"{where}={_raw(cfg, where)!r} cannot be resolved ({msg})") from None
+
+
 def check_root(cfg: DictConfig) -> None:
     unknown = set(cfg.keys()) - ROOT_KEYS - {"hydra"}
     if unknown:
         raise ConfigError(
             f"unknown top-level key(s) {sorted(unknown)}; allowed: {', '.join(sorted(ROOT_KEYS))}"
         )
+    missing = sorted(ROOT_KEYS - OPTIONAL_ROOT_KEYS - set(cfg.keys()))
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} missing from the config (an override `~{missing[0]}` "
+            f"deletes a key); required top-level keys: "
+            f"{', '.join(sorted(ROOT_KEYS - OPTIONAL_ROOT_KEYS))}")
+    check_resolvable(cfg)
     _require(_is_int(cfg.workers) and cfg.workers >= 1, "workers", cfg.workers,
              "an integer >= 1")
     bs = cfg.batch_size
@@ -78,10 +113,50 @@ def check_root(cfg: DictConfig) -> None:
         _require(isinstance(cfg[flag], bool), flag, cfg[flag], "true or false")
     _require(_is_int(cfg.checkpoint_every) and cfg.checkpoint_every >= 0, "checkpoint_every",
              cfg.checkpoint_every, "an integer >= 0 (0: never)")
+    path = cfg.checkpoint_path
+    _require(path is None or (isinstance(path, str) and path.strip() != ""), "checkpoint_path",
+             path, "null or a file path")
     tracking = cfg.get("tracking")
     if isinstance(tracking, DictConfig) and tracking.get("name") == "mlflow":
-        writer = tracking.get("writer", "process")
-        _require(writer in WRITERS, "tracking.writer", writer, f"one of {', '.join(WRITERS)}")
+        check_tracking(tracking)
+
+
+def check_experiment_name(name) -> None:
+    """An experiment name is a name, not a path: the local store keeps an experiment's
+    artifacts in `<store dir>/mlartifacts/<name>`, and `../x` or `/x` would put them elsewhere."""
+    ok = name is None or (
+        isinstance(name, str) and name.strip() == name and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0") and not name.startswith("~"))
+    _require(ok, "tracking.experiment", name,
+             "null (the task's name) or a name without '/', '\\' or a leading '~', not '.' or "
+             "'..' (it names a directory of the store)")
+
+
+def check_tracking(tracking: DictConfig) -> None:
+    writer = tracking.get("writer", "process")
+    _require(writer in WRITERS, "tracking.writer", writer, f"one of {', '.join(WRITERS)}")
+    every = tracking.get("flush_every", 5000)
+    _require(_is_int(every) and every >= 1, "tracking.flush_every", every, "an integer >= 1")
+    timeout = tracking.get("delivery_timeout_s", 30.0)
+    _require(_is_number(timeout) and math.isfinite(timeout) and timeout >= 0,
+             "tracking.delivery_timeout_s", timeout, "a number of seconds >= 0")
+    for key in ("uri", "run_name"):
+        value = tracking.get(key)
+        _require(value is None or (isinstance(value, str) and value.strip() != ""),
+                 f"tracking.{key}", value, "null or a non-empty string")
+    check_experiment_name(tracking.get("experiment"))
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """The same key set twice on one command line (`workers=4 workers=2`): Hydra would keep
+    the last without a word; refuse it instead."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~") if "=" in item else item.lstrip("+~")
+        if key in seen:
+            raise ConfigError(f"{key} is set twice on the command line ({seen[key]!r} and "
+                              f"{item!r}); give each key once")
+        seen[key] = item
 
 
 def group_kwargs(cfg: DictConfig, group: str) -> tuple[str, dict]:

@@ -1,6 +1,8 @@
 """Hydra callbacks. `PrepareTrackingStore` runs once in the launching process before a sweep's
-jobs start: it creates the MLflow store and experiment, so that parallel jobs (joblib, SLURM)
-never race to create an SQLite schema or the same experiment."""
+jobs start: it checks the tracking URI, creates the MLflow store (under a lock, suite.stores)
+and the experiment, so that parallel jobs (joblib, SLURM) never race to create an SQLite schema
+or the same experiment, and it closes the experiment's RUNNING runs whose process is gone (an
+earlier sweep killed with its tracking writers, suite.sweep_guard): no run stays RUNNING."""
 
 from __future__ import annotations
 
@@ -16,16 +18,17 @@ class PrepareTrackingStore(Callback):
         # under torchrun every rank runs this callback; only one may create the store
         if config.tracking.name != "mlflow" or int(os.environ.get("RANK", "0")) != 0:
             return
-        from mlflow.tracking import MlflowClient
-
+        from suite.runner import store_client
+        from suite.sweep_guard import close_stale_runs
         from suite.tracking import (
-            check_reachable,
             default_uri,
             get_or_create_experiment,
             local_artifact_root,
+            retry,
         )
 
         uri = config.tracking.uri or default_uri(Path.cwd())
-        check_reachable(uri)
+        client = retry(lambda: store_client(uri), "open the tracking store")
         name = config.tracking.experiment or config.task.name
-        get_or_create_experiment(MlflowClient(tracking_uri=uri), name, local_artifact_root(uri))
+        experiment_id = get_or_create_experiment(client, name, local_artifact_root(uri))
+        retry(lambda: close_stale_runs(client, experiment_id), "close stale runs")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import subprocess
@@ -22,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import suite
-from suite import artifacts, checkpoint
+from suite import artifacts, checkpoint, stores, sweep_guard
 from suite.algorithms import Context, build_algorithm, get_spec
 from suite.backends import make_backend
 from suite.comm import Channel
@@ -32,9 +33,12 @@ from suite.config import ConfigError, bind, check_root, flatten, group_kwargs, r
 from suite.hardware import select_device
 from suite.rng import SharedStream, WorkerStreams
 from suite.schedules import make_schedule
+from suite.signals import Terminated, sigterm_raises
 from suite.timing import Stopwatch
-from suite.tracking import NullTracker, check_reachable, default_uri
+from suite.tracking import NullTracker, check_reachable, default_uri, retry, shielded
 from tasks import TASKS
+
+log = logging.getLogger("commsgd")
 
 # Keys that change where and how a run is recorded, never what it computes.
 UNHASHED_KEYS = ("tracking", "progress", "hydra", "resume", "checkpoint_every",
@@ -132,6 +136,8 @@ class Run:
         self.algo_name, algo_kwargs = group_kwargs(cfg, "algorithm")
         spec = get_spec(self.algo_name)
         bind(spec.build, "algorithm", self.algo_name, algo_kwargs)
+        if spec.check_steps is not None:
+            spec.check_steps(cfg.steps, **algo_kwargs)
         self.algorithm = build_algorithm(self.algo_name, ctx, **algo_kwargs)
         self.algo_kwargs = algo_kwargs
 
@@ -183,6 +189,7 @@ def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, out_dir: Path,
     }
     if sweep_id:
         tags["sweep.id"] = sweep_id
+    tags.update(sweep_guard.owner_tags())  # which process writes it (suite/sweep_guard.py)
     params = flatten({k: v for k, v in resolved_dict(cfg).items() if k != "hydra"})
     params["lr.resolved"] = run.lr0
     # writer=process (the default): the store calls run in a forked writer process, so that
@@ -206,32 +213,40 @@ def tracking_uri(cfg: DictConfig, launch_dir: Path) -> str | None:
     return cfg.tracking.uri or default_uri(launch_dir)
 
 
-def finished_run_with_same_config(cfg: DictConfig, launch_dir: Path) -> str | None:
-    """The id of a FINISHED run of this exact config in the store, if there is one."""
-    uri = tracking_uri(cfg, launch_dir)
-    if uri is None:
-        return None
+def store_client(uri: str):
+    """An MlflowClient for `uri`, once the store is checked and ready (suite.stores)."""
     from mlflow.tracking import MlflowClient
 
+    stores.check_uri(uri)
     check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment or cfg.task.name)
+    stores.prepare(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _previous(cfg: DictConfig, uri: str, digest: str) -> sweep_guard.Previous:
+    """resume=true: what the store's earlier runs of this config say (suite.sweep_guard)."""
+    client = store_client(uri)
+    exp = retry(lambda: client.get_experiment_by_name(_experiment(cfg)), "get_experiment")
     if exp is None:
-        return None
-    found = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.config_hash = '{config_hash(cfg)}' and "
-                      f"attributes.status = 'FINISHED'",
-        max_results=1)
-    return found[0].info.run_id if found else None
+        return sweep_guard.Previous()
+    return retry(lambda: sweep_guard.previous_run(client, exp.experiment_id, digest),
+                 "search_runs")
+
+
+def _experiment(cfg: DictConfig) -> str:
+    return cfg.tracking.get("experiment") or cfg.task.name
 
 
 def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path | None = None,
             sweep_id: str | None = None, backend=None, on_start=None) -> RunResult:
     """Build, run and record one job. Raises on a bad config before any run is recorded.
 
-    resume=true skips a job whose config already has a FINISHED run in the store, and
-    continues an interrupted one from its checkpoint; checkpoint_path=FILE restarts from FILE.
+    resume=true keeps one MLflow run per config (suite.sweep_guard): it skips a job whose config
+    has a FINISHED run, or a RUNNING one whose process is alive, and continues an interrupted
+    one in the same MLflow run, from its checkpoint when it has one. checkpoint_path=FILE
+    restarts from FILE. A checkpoint is used only with the run it belongs to (or with
+    tracking=none): continuing it into another run would record a run without its first steps.
+    SIGTERM ends the run KILLED, as Ctrl-C does (suite.signals).
     `on_start(tracker)`, if given, is called once the run is recorded, before the first step:
     the distributed launcher learns the run's id from it, to mark the run FAILED if a rank
     dies without doing so itself.
@@ -239,48 +254,66 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
     check_root(cfg)
     launch_dir = Path(launch_dir or Path.cwd())
     digest = config_hash(cfg)
-    if cfg.resume:
-        done = finished_run_with_same_config(cfg, launch_dir)
-        if done is not None:
-            return RunResult("SKIPPED", {}, done, tracking_uri(cfg, launch_dir),
-                             cfg.tracking.get("experiment") or cfg.task.name,
-                             reason=f"config_hash {digest} already FINISHED as run {done}")
+    uri = tracking_uri(cfg, launch_dir)
+    if uri is not None:
+        stores.check_uri(uri)
+    previous = sweep_guard.Previous()
+    if cfg.resume and uri is not None:
+        previous = _previous(cfg, uri, digest)
+        if previous.skip:
+            return RunResult("SKIPPED", {}, previous.run_id, uri, _experiment(cfg),
+                             reason=previous.skip)
     ckpt_path = checkpoint.default_path(launch_dir, digest)
-    restored = None
+    restored, resume_run_id = None, previous.run_id
     if cfg.checkpoint_path is not None:
         restored = checkpoint.load(Path(cfg.checkpoint_path), config_hash=digest)
     elif cfg.resume and ckpt_path.is_file():
         restored = checkpoint.load(ckpt_path, config_hash=digest)
+    if restored is not None and uri is not None:
+        if _in_store(uri, restored.get("run_id")):
+            resume_run_id = restored["run_id"]
+        else:
+            problem = _foreign(restored, uri)
+            if cfg.checkpoint_path is not None:
+                raise ConfigError(f"checkpoint_path={str(cfg.checkpoint_path)!r} {problem}; "
+                                  f"record into the store it belongs to (tracking.uri), or use "
+                                  f"tracking=none")
+            log.warning("commsgd: ignoring %s: it %s; starting from step 0", ckpt_path, problem)
+            restored = None
 
     run = Run(cfg, backend=backend)
     out_dir = Path(output_dir or tempfile.mkdtemp(prefix="commsgd-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    tracker = _make_tracker(cfg, run, launch_dir, out_dir, sweep_id,
-                            resume_run_id=_reopenable(restored, cfg, launch_dir))
-
-    status, reason, state, final = "FAILED", None, None, {}
-    try:
-        if on_start is not None:
-            on_start(tracker)
-        if restored is None:
-            tracker.log_constants(run.task.constants)
-        saver = None
-        if cfg.checkpoint_every:
-            saver = lambda **kw: checkpoint.save(  # noqa: E731
-                ckpt_path, run=run, run_id=tracker.run_id, config_hash=digest, **kw)
-        state, final = _loop(cfg, run, tracker, restored=restored, save=saver)
-        status = "FINISHED"
-    except Diverged as exc:
-        reason = str(exc)
-        tracker.set_tags({"diverged": "true"})
-    except KeyboardInterrupt:
-        status, reason = "KILLED", "interrupted (KeyboardInterrupt)"
-        raise
-    except BaseException as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        raise
-    finally:
-        _finish(cfg, run, tracker, out_dir, status, reason)
+    with sigterm_raises():
+        tracker = _make_tracker(cfg, run, launch_dir, out_dir, sweep_id,
+                                resume_run_id=resume_run_id)
+        status, reason, state, final = "FAILED", None, None, {}
+        try:
+            if on_start is not None:
+                on_start(tracker)
+            if restored is None:
+                tracker.log_constants(run.task.constants)
+            saver = None
+            if cfg.checkpoint_every:
+                saver = _checkpointer(ckpt_path, run, tracker, digest, uri)
+            state, final = _loop(cfg, run, tracker, restored=restored, save=saver)
+            status = "FINISHED"
+        except Diverged as exc:
+            reason = str(exc)
+            tracker.set_tags({"diverged": "true"})
+        except KeyboardInterrupt:
+            status, reason = "KILLED", "interrupted (KeyboardInterrupt)"
+            raise
+        except Terminated as exc:
+            status, reason = "KILLED", str(exc)
+            raise
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            # closing the run is not interrupted: a second Ctrl-C or SIGTERM waits for it
+            with shielded():
+                status, reason = _finish(cfg, run, tracker, out_dir, status, reason)
     # Built after _finish, not inside the try: reading tracker.run_id waits for the writer
     # process to have created the run, which in a fresh process (still importing MLflow) is
     # better hidden behind the plots than waited for before them.
@@ -289,17 +322,41 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
                      params=run.algorithm.params(state) if status == "FINISHED" else None)
 
 
-def _reopenable(restored, cfg, launch_dir) -> str | None:
-    """A restarted run continues its MLflow run when the store still holds it."""
-    if restored is None or restored.get("run_id") is None or tracking_uri(cfg, launch_dir) is None:
-        return None
-    from mlflow.tracking import MlflowClient
-
+def _in_store(uri: str, run_id: str | None) -> bool:
+    """Whether the store holds the run a checkpoint belongs to."""
+    if run_id is None:
+        return False
+    client = store_client(uri)
     try:
-        MlflowClient(tracking_uri=tracking_uri(cfg, launch_dir)).get_run(restored["run_id"])
-        return restored["run_id"]
-    except Exception:
-        return None
+        client.get_run(run_id)
+        return True
+    except Exception:  # noqa: BLE001 - MLflow's "run not found", whatever its class
+        return False
+
+
+def _foreign(restored: dict, uri: str) -> str:
+    owner = restored.get("run_id")
+    whose = (f"belongs to run {owner} of {restored.get('store_uri') or 'another store'}"
+             if owner else "was written by a run recorded nowhere (tracking=none)")
+    return (f"{whose}, which is not in {uri}: continuing from it here would record a run "
+            f"without its first {restored['step']} steps")
+
+
+def _checkpointer(path: Path, run: Run, tracker, digest: str, uri: str | None):
+    """Save a checkpoint once the store has everything logged before it: a run continued
+    from a checkpoint then has its whole history. A store that cannot confirm it now costs
+    this checkpoint, not the run."""
+    def save(**kw):
+        try:
+            tracker.flush()
+        except Exception as exc:  # noqa: BLE001 - the run goes on; the next one may succeed
+            log.warning("commsgd: checkpoint at step %d not saved: the store has not taken the "
+                        "metrics logged before it (%s)", kw["step"], exc)
+            return
+        checkpoint.save(path, run=run, run_id=tracker.run_id, config_hash=digest,
+                        store_uri=uri, **kw)
+
+    return save
 
 
 def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
@@ -386,21 +443,34 @@ def _postfix(m: dict) -> dict:
 
 
 def _finish(cfg, run: Run, tracker, out_dir: Path, status: str, reason: str | None):
-    """Artifacts and the terminal status, whatever happened in the loop: no data is lost."""
+    """Artifacts and the terminal status, whatever happened in the loop: no data is lost.
+    Returns the (status, reason) the run was closed with: a run whose files cannot be written
+    (a full disk) is FAILED with that reason, its metrics in the store."""
     if run.backend.rank != 0:
         # Only rank 0 records a distributed run; the other ranks would write the same files
         # (into the same Hydra directory, under torchrun) for nobody to read.
         tracker.finish(status, reason)
-        return
+        return status, reason
     try:
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        tracker.log_artifact(out_dir / "config.yaml")
-        frame = artifacts.history_frame(tracker.history)
-        if not frame.empty:
-            tracker.log_artifact(artifacts.write_curves(frame, out_dir))
-            title = f"{run.algo_name} / {cfg.compressor.name}, K={cfg.workers}, seed={cfg.seed}"
-            plot = artifacts.plot_convergence(frame, out_dir, title)
-            if plot is not None:
-                tracker.log_artifact(plot)
+        try:
+            (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+            tracker.log_artifact(out_dir / "config.yaml")
+            frame = artifacts.history_frame(tracker.history)
+            if not frame.empty:
+                tracker.log_artifact(artifacts.write_curves(frame, out_dir))
+                title = (f"{run.algo_name} / {cfg.compressor.name}, K={cfg.workers}, "
+                         f"seed={cfg.seed}")
+                plot = artifacts.plot_convergence(frame, out_dir, title)
+                if plot is not None:
+                    tracker.log_artifact(plot)
+        except OSError as exc:
+            problem = (f"could not write the run's files to {out_dir} "
+                       f"({exc.strerror or exc}); its metrics are in the store")
+            log.error("commsgd: %s", problem)
+            if status == "FINISHED":
+                status, reason = "FAILED", problem
+            else:
+                reason = f"{reason}; {problem}" if reason else problem
     finally:
         tracker.finish(status, reason)
+    return status, reason

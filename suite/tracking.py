@@ -41,6 +41,10 @@ log = logging.getLogger("commsgd.tracking")
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
+# Opening a store locked by another writer: 0.2 s doubling, ~100 s in all before giving up.
+OPEN_ATTEMPTS = 10
+# Tags that describe how an attempt of a run ended; a continued run drops them (it ends anew).
+STALE_TAGS = ("failure", "diverged", "distributed.failed_rank")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -135,6 +139,8 @@ def retry(fn, what: str, *, attempts: int = 6, first_delay: float = 0.2):
         try:
             with shielded():
                 return fn()
+        except TrackingUnavailable:
+            raise  # a store that refuses (a bad URI, no server): waiting will not help
         except Exception as exc:  # MLflow wraps SQLAlchemy and HTTP errors in many types
             if attempt == attempts - 1:
                 raise
@@ -184,7 +190,15 @@ class MlflowTracker(NullTracker):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.uri, self.experiment_name = uri, experiment
-        self.client = MlflowClient(tracking_uri=uri)
+
+        def open_store():
+            from suite.stores import prepare
+
+            prepare(uri)  # a new SQLite store's schema, created once under a lock
+            return MlflowClient(tracking_uri=uri)
+
+        # creating the client opens the store: a locked SQLite file is waited for here too
+        self.client = retry(open_store, "open the tracking store", attempts=OPEN_ATTEMPTS)
         self.flush_every = flush_every
         self.fallback_dir = Path(fallback_dir or Path.cwd())
         self.delivery_timeout_s = delivery_timeout_s
@@ -193,20 +207,29 @@ class MlflowTracker(NullTracker):
         self.experiment_id = get_or_create_experiment(self.client, experiment,
                                                       local_artifact_root(uri))
         if resume_run_id is not None:
-            self._reopen(resume_run_id)
+            self._reopen(resume_run_id, tags)
         else:
             run = retry(lambda: self.client.create_run(self.experiment_id, run_name=run_name,
                                                        tags=tags), "create_run")
             self.run_id = run.info.run_id
             self._log_params(params)
 
-    def _reopen(self, run_id: str) -> None:
-        """Continue a run restarted from its checkpoint. What it logged after the checkpoint
-        will be logged again: drop values at steps the store already holds."""
+    def _reopen(self, run_id: str, tags: dict[str, str]) -> None:
+        """Continue a run restarted from its checkpoint, or from step 0 (suite.sweep_guard).
+        What it logged after the checkpoint will be logged again: drop values at steps the
+        store already holds, key by key (each key's stored history is a prefix of what the
+        run logs: values are delivered in the order they are logged). The tags of its last
+        attempt's ending (`failure`, `diverged`) go: this attempt will say how it ends."""
         self.run_id = run_id
-        self.client.update_run(run_id, status="RUNNING")
-        for key in ("train/loss", "train/lr"):
-            history = self.client.get_metric_history(run_id, key)
+        run = retry(lambda: self.client.get_run(run_id), "get_run")
+        for key in STALE_TAGS:
+            if key in run.data.tags:
+                retry(lambda key=key: self.client.delete_tag(run_id, key), f"delete tag {key}")
+        retry(lambda: self.client.update_run(run_id, status="RUNNING"), "update_run")
+        self.set_tags(tags)  # this process owns it now (suite.sweep_guard)
+        for key in run.data.metrics:
+            history = retry(lambda key=key: self.client.get_metric_history(run_id, key),
+                            "get_metric_history")
             self._skip_through[key] = max((m.step for m in history), default=-1)
 
     def _log_params(self, params: dict) -> None:
@@ -219,7 +242,8 @@ class MlflowTracker(NullTracker):
                   "log params")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if already_logged(self._skip_through, metrics, step):
+        metrics = unlogged(self._skip_through, metrics, step)
+        if not metrics:
             return
         super().log_metrics(metrics, step)
         now = int(time.time() * 1000)
@@ -302,11 +326,11 @@ class MlflowTracker(NullTracker):
                               [(m.key, m.value, m.timestamp, m.step) for m in self._buffer])
 
 
-def already_logged(skip_through: dict[str, int], metrics: dict, step: int) -> bool:
-    """Whether a resumed run's store already holds these values (see MlflowTracker._reopen)."""
+def unlogged(skip_through: dict[str, int], metrics: dict, step: int) -> dict:
+    """The values a resumed run's store does not hold yet (see MlflowTracker._reopen)."""
     if not skip_through:
-        return False
-    return step <= skip_through.get("train/lr" if "train/lr" in metrics else "train/loss", -1)
+        return metrics
+    return {k: v for k, v in metrics.items() if step > skip_through.get(k, -1)}
 
 
 def write_fallback(directory: Path, run_id: str, uri: str, status: str, reason: str | None,

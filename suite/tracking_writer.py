@@ -75,10 +75,10 @@ from suite.tracking import (
     MlflowTracker,
     TrackingDeliveryError,
     TrackingUnavailable,
-    already_logged,
     check_reachable,
     retry,
     shielded,
+    unlogged,
     write_fallback,
 )
 
@@ -223,8 +223,10 @@ class BackgroundTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self._poller.poll(0) or self._error is not None:  # about 1 µs when nothing waits
             self._poll()
-        if self._skip_through and already_logged(self._skip_through, metrics, step):
-            return
+        if self._skip_through:
+            metrics = unlogged(self._skip_through, metrics, step)
+            if not metrics:
+                return
         now = int(time.time() * 1000)
         for k, v in metrics.items():
             v = float(v)

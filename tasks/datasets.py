@@ -28,7 +28,7 @@ class Dataset(NamedTuple):
 
 
 def load_dataset(name: str, *, seed: int, n_samples: int = 2000, dim: int = 50,
-                 heterogeneity: float = 1.0) -> Dataset:
+                 heterogeneity: float = 1.0, allow_row_mismatch: bool = False) -> Dataset:
     if name == "synthetic":
         return _synthetic(seed=seed, n=n_samples, d=dim, heterogeneity=heterogeneity)
     if name == "breast_cancer":
@@ -42,7 +42,7 @@ def load_dataset(name: str, *, seed: int, n_samples: int = 2000, dim: int = 50,
     if name not in libsvm.available_datasets():
         allowed = ["synthetic", "breast_cancer", *libsvm.available_datasets()]
         raise ValueError(f"task.dataset={name!r} is not known; allowed: {', '.join(allowed)}")
-    data = libsvm.load_libsvm(name)
+    data = libsvm.load_libsvm(name, allow_row_mismatch=allow_row_mismatch)
     A = data.X_train.toarray()
     if data.X_test is None:
         return _holdout(A, data.y_train, seed, name, standardise=False)

@@ -13,10 +13,15 @@ renamed to its final name with `os.replace` (atomic), so an interrupted download
 partial file under the final name, and concurrent workers downloading the same file cannot see
 each other's partial files. Where the `DATASETS` table pins a digest (sha256, or md5 where that is
 all a public source gives), it is checked on every load. Where none is pinned (most files: the
-LIBSVM site publishes no checksums) the first file seen is trusted: its sha256 goes to a
-`<file>.sha256` sidecar next to it, every later load is verified against that, and a warning says
-the checksum is not pinned. Digests in the table are only ones found in public code, with the
-source named next to them; none is made up.
+LIBSVM site publishes no checksums) the first file seen is trusted: once it has loaded (parsed,
+with two labels and the number of rows the site states), its sha256 goes to a `<file>.sha256`
+sidecar next to it, every later load is verified against that, and a warning says the checksum
+is not pinned. Such a file with another number of rows (a truncated download, a different file)
+is refused unless the caller accepts it (`allow_row_mismatch`, the task key
+`task.allow_row_mismatch`): without a pinned digest, the published size is the only check of a
+file's integrity. A pinned file of another size is only warned about (its digest is the check).
+Digests in the table are only ones found in public code, with the source named next to them;
+none is made up.
 
 Labels are mapped to {-1, +1} (the smaller of the two labels becomes -1), since LIBSVM's binary
 sets variously use {-1, +1}, {0, 1}, {1, 2} and {2, 4}.
@@ -167,7 +172,8 @@ def data_dir(cache_dir: Path | None = None) -> Path:
     return path
 
 
-def load_libsvm(name: str, *, cache_dir: Path | None = None, download: bool = True) -> LibsvmData:
+def load_libsvm(name: str, *, cache_dir: Path | None = None, download: bool = True,
+                allow_row_mismatch: bool = False) -> LibsvmData:
     """Load LIBSVM binary data set `name`, downloading it into the cache if needed.
 
     Returns CSR float64 features with `n_features` columns for train and test alike (LIBSVM
@@ -176,40 +182,63 @@ def load_libsvm(name: str, *, cache_dir: Path | None = None, download: bool = Tr
 
     Raises ValueError for an unknown name, DatasetUnavailableError when a file is missing and
     cannot be downloaded, DatasetChecksumError when a file's digest is wrong, and
-    DatasetFormatError when a file cannot be parsed.
+    DatasetFormatError when a file cannot be parsed, or (unless allow_row_mismatch) when a file
+    whose digest is not pinned has another number of rows than the site states.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown LIBSVM data set {name!r}; known: "
                          f"{', '.join(available_datasets())}")
     spec = DATASETS[name]
     directory = data_dir(cache_dir)
-    X_train, raw_train = _load_file(name, spec.train, spec.n_features, directory, download)
+    X_train, raw_train, trained = _load_file(name, spec.train, spec.n_features, directory,
+                                             download, allow_row_mismatch)
     labels = _two_labels(raw_train, directory / spec.train.filename)
     y_train = _to_pm1(raw_train, labels, directory / spec.train.filename)
-    if spec.test is None:
-        return LibsvmData(X_train, y_train, None, None, spec.n_features)
-    X_test, raw_test = _load_file(name, spec.test, spec.n_features, directory, download)
-    # The test file is mapped with the training file's labels, so that +1 means the same class.
-    y_test = _to_pm1(raw_test, labels, directory / spec.test.filename)
+    X_test = y_test = None
+    to_trust = [trained]
+    if spec.test is not None:
+        X_test, raw_test, tested = _load_file(name, spec.test, spec.n_features, directory,
+                                              download, allow_row_mismatch)
+        # The test file is mapped with the training file's labels, so that +1 means the same
+        # class.
+        y_test = _to_pm1(raw_test, labels, directory / spec.test.filename)
+        to_trust.append(tested)
+    # trust on first use only for files that loaded completely (parsed, the published size,
+    # two labels): the digest of a corrupt file is never recorded
+    for path, digest in to_trust:
+        if digest is not None:
+            _trust(path, digest)
     return LibsvmData(X_train, y_train, X_test, y_test, spec.n_features)
 
 
-def _load_file(name: str, spec: FileSpec, n_features: int, directory: Path,
-               download: bool) -> tuple[sp.csr_matrix, np.ndarray]:
+def _load_file(name: str, spec: FileSpec, n_features: int, directory: Path, download: bool,
+               allow_row_mismatch: bool = False
+               ) -> tuple[sp.csr_matrix, np.ndarray, tuple[Path, str | None]]:
     path = directory / spec.filename
     if not path.exists():
         if not download:
             raise DatasetUnavailableError(_unavailable_message(name, spec, path,
                                                                "download=False"))
         _download(name, spec, path)
-    _verify(spec, path)
+    pinned = spec.sha256 is not None or spec.md5 is not None
+    digest = _verify(spec, path)  # None when pinned, else the file's sha256
     X, y = _parse(path, spec, n_features)
     if spec.n_samples is not None and X.shape[0] != spec.n_samples:
-        # A warning, not an error: the digest is what guards integrity; this only flags a table
-        # entry or a trusted-on-first-use file that looks wrong.
-        log.warning("%s: parsed %d samples, the LIBSVM site states %d", path, X.shape[0],
-                    spec.n_samples)
-    return X, y
+        if pinned:
+            # A warning, not an error: the digest is what guards integrity; this only flags a
+            # table entry that looks wrong.
+            log.warning("%s: parsed %d samples, the LIBSVM site states %d", path, X.shape[0],
+                        spec.n_samples)
+        elif not allow_row_mismatch:
+            raise DatasetFormatError(
+                f"{path}: parsed {X.shape[0]} samples, the LIBSVM site states "
+                f"{spec.n_samples}: the file is truncated or not the published one (its "
+                f"checksum is not pinned, so the size is the check). Delete it and load again "
+                f"to re-download it, or set task.allow_row_mismatch=true to use it as it is")
+        else:
+            log.warning("%s: parsed %d samples, the LIBSVM site states %d; used as it is "
+                        "(task.allow_row_mismatch=true)", path, X.shape[0], spec.n_samples)
+    return X, y, (path, digest)
 
 
 def _unavailable_message(name: str, spec: FileSpec, path: Path, reason: str) -> str:
@@ -241,11 +270,12 @@ def _download(name: str, spec: FileSpec, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _verify(spec: FileSpec, path: Path) -> None:
-    """Check `path` against the pinned digest, or against (or by writing) its sha256 sidecar."""
+def _verify(spec: FileSpec, path: Path) -> str | None:
+    """Check `path` against the pinned digest, or against its sha256 sidecar; returns the
+    file's sha256 when nothing is pinned (recorded by `_trust` once the file has parsed)."""
     if spec.sha256 is not None or spec.md5 is not None:
         _check_pinned(spec, path, shown_as=path, downloaded=False)
-        return
+        return None
     sidecar = path.with_name(path.name + ".sha256")
     actual = _digest(path, "sha256")
     if sidecar.exists():
@@ -256,14 +286,22 @@ def _verify(spec: FileSpec, path: Path) -> None:
                                                          downloaded=False, sidecar=sidecar))
         log.warning("%s: checksum not pinned; verified against the sha256 recorded on first "
                     "use in %s", path, sidecar)
+    return actual
+
+
+def _trust(path: Path, digest: str) -> None:
+    """Trust on first use: record the sha256 of a file that parsed, with the published number of
+    rows, in its sidecar (nothing to do when the sidecar exists: `_verify` checked it)."""
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.exists():
         return
     # Write the sidecar atomically too, so a crash cannot leave an empty one that fails forever.
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{sidecar.name}.", suffix=".part")
     with os.fdopen(fd, "w") as f:
-        f.write(f"{actual}  {path.name}\n")
+        f.write(f"{digest}  {path.name}\n")
     os.replace(tmp_name, sidecar)
     log.warning("%s: checksum not pinned; trusting this file on first use and recording its "
-                "sha256 %s in %s", path, actual, sidecar)
+                "sha256 %s in %s", path, digest, sidecar)
 
 
 def _check_pinned(spec: FileSpec, path: Path, *, shown_as: Path, downloaded: bool) -> None:

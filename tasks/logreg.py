@@ -27,6 +27,39 @@ from tasks.splits import split_indices
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
+def _check_keys(*, l2, data_seed, n_samples, dim, heterogeneity, dirichlet_alpha) -> None:
+    """Types and ranges of the task keys, each refused with a message that names it (numpy
+    and torch would fail later with messages that do not)."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    def is_real(v):
+        return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+
+    problems = [
+        (l2 is None or (is_real(l2) and np.isfinite(l2) and l2 > 0), "l2", l2,
+         "null (1/n) or a finite number > 0 (it is the strong-convexity constant μ)"),
+        (is_int(data_seed) and 0 <= data_seed < 2**32, "data_seed", data_seed,
+         "an integer in [0, 2**32)"),
+        (is_int(n_samples) and n_samples >= 2, "n_samples", n_samples, "an integer >= 2"),
+        (is_int(dim) and dim >= 1, "dim", dim, "an integer >= 1"),
+        (is_real(heterogeneity) and np.isfinite(heterogeneity) and heterogeneity >= 0,
+         "heterogeneity", heterogeneity, "a finite number >= 0"),
+        (is_real(dirichlet_alpha) and np.isfinite(dirichlet_alpha) and dirichlet_alpha > 0,
+         "dirichlet_alpha", dirichlet_alpha, "a finite number > 0"),
+    ]
+    for ok, key, value, allowed in problems:
+        if not ok:
+            raise ValueError(f"task.{key}={value!r} is not allowed: {allowed}")
+
+
+def _check_finite(name: str, *arrays) -> None:
+    bad = sum(int((~np.isfinite(a)).sum()) for a in arrays)
+    if bad:
+        raise ValueError(f"task.dataset={name!r}: {bad} feature values are NaN or infinite; "
+                         f"the data must be finite (fix or re-download the file)")
+
+
 class LogisticRegression:
     name = "logreg"
 
@@ -34,11 +67,17 @@ class LogisticRegression:
                  worker_ids: list[int] | None = None, l2: float | None = None,
                  data_seed: int = 0, dtype: str = "float64", device="cpu",
                  n_samples: int = 2000, dim: int = 50, heterogeneity: float = 1.0,
-                 dirichlet_alpha: float = 0.5):
+                 dirichlet_alpha: float = 0.5, allow_row_mismatch: bool = False):
         if dtype not in _DTYPES:
             raise ValueError(f"task.dtype={dtype!r}: allowed values are {', '.join(_DTYPES)}")
+        _check_keys(l2=l2, data_seed=data_seed, n_samples=n_samples, dim=dim,
+                    heterogeneity=heterogeneity, dirichlet_alpha=dirichlet_alpha)
+        if not isinstance(allow_row_mismatch, bool):
+            raise ValueError(f"task.allow_row_mismatch={allow_row_mismatch!r} is not allowed: "
+                             f"true or false")
         data = load_dataset(dataset, seed=data_seed, n_samples=n_samples, dim=dim,
-                            heterogeneity=heterogeneity)
+                            heterogeneity=heterogeneity, allow_row_mismatch=allow_row_mismatch)
+        _check_finite(dataset, data.A_train, data.A_test)
         n, d = data.A_train.shape
         self.l2 = 1.0 / n if l2 is None else float(l2)
         if not self.l2 > 0:

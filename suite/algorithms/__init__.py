@@ -21,6 +21,9 @@ class AlgorithmSpec(NamedTuple):
     # the compressor the algorithm group's YAML selects by default (documentation only)
     default_compressor: str = "identity"
     full_gradients_only: bool = False
+    # check_steps(steps, **hyper): refuse hyper-parameters that make no sense over this many
+    # steps (a delay no gradient survives), before anything is built
+    check_steps: Callable[..., None] | None = None
 
 
 REGISTRY: dict[str, AlgorithmSpec] = {
@@ -32,7 +35,8 @@ REGISTRY: dict[str, AlgorithmSpec] = {
     # any compressor; the YAML keeps identity (select one: compressor=topk, sign, ...)
     "ef_sgd": AlgorithmSpec(ef_sgd.build, ef_sgd.theorem, ("unbiased", "contractive")),
     # the delay analysis is for exact messages; an unbiased compressor only adds variance
-    "delayed_sgd": AlgorithmSpec(delayed.build, delayed.theorem, ("unbiased",)),
+    "delayed_sgd": AlgorithmSpec(delayed.build, delayed.theorem, ("unbiased",),
+                                 check_steps=delayed.check_steps),
     "local_sgd": AlgorithmSpec(local_sgd.build, local_sgd.theorem, ("unbiased",)),
     "diana": AlgorithmSpec(diana.build, diana.theorem, ("unbiased",), "quant_p"),
 }

@@ -64,6 +64,21 @@ def _depth(mode: str, delay: int, max_delay: int | None) -> int:
     return _check_int(max_delay, "max_delay", 0)
 
 
+def check_steps(steps: int, *, mode: str = "fixed", delay: int = 0,
+                max_delay: int | None = None) -> None:
+    """A delay must be shorter than the run: with τ >= steps no gradient is ever applied
+    (g_{t−τ} := 0 for every t < steps), and the queue of D past iterates ([D, d] numbers) would
+    hold rows that are never filled."""
+    depth = _depth(mode, delay, max_delay)
+    if depth >= steps:
+        key = "delay" if mode == "fixed" else "max_delay"
+        what = ("no gradient would ever be applied (g_{t-τ} := 0 for t < τ)" if mode == "fixed"
+                else "delays beyond the run's steps read iterates that never existed")
+        raise ConfigurationError(
+            f"algorithm.{key}={depth} is not allowed with steps={steps}: {what}; allowed: "
+            f"0..{steps - 1} (less than steps)")
+
+
 def build(ctx: Context, *, mode: str = "fixed", delay: int = 0, max_delay: int | None = None
           ) -> Algorithm:
     depth = _depth(mode, delay, max_delay)

@@ -26,12 +26,15 @@ Note: train/suboptimality is the task's smooth f − f*; with l1 > 0 the composi
 
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple
 
 import torch
 
 from .base import Algorithm, ConfigurationError, Context, Theorem
 from .common import sigma_sq
+
+log = logging.getLogger("commsgd")
 
 
 class DianaState(NamedTuple):
@@ -61,6 +64,10 @@ def build(ctx: Context, *, alpha: float | None = None, momentum: float = 0.0, l1
           ) -> Algorithm:
     omega = ctx.channel.compressor.omega(ctx.task.dim)
     alpha = 1.0 / (omega + 1.0) if alpha is None else _number(alpha, "alpha", 0.0, 1.0)
+    if alpha == 0.0:
+        log.warning("algorithm.alpha=0: DIANA's shifts h_i stay at 0, so this run is plain "
+                    "compressed SGD (as algorithm=qsgd with compressor=%s), not DIANA; "
+                    "alpha=null takes the theorem's 1/(ω+1)", ctx.channel.compressor.name)
     beta = _number(momentum, "momentum", 0.0, 1.0, high_open=True)
     l1 = _number(l1, "l1", 0.0, float("inf"))
     channel = ctx.channel
