@@ -23,7 +23,7 @@ import numpy as np
 
 from . import claims as claims_mod
 from . import groups as G
-from . import plots, rates
+from . import plots, rates, report_out
 from .document import Doc
 from .runs import REPORT_TAG, RunSet, load_runs
 from .theory import RATE_TOL, compare
@@ -375,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="MLflow tracking URI (default: sqlite:///$PWD/mlruns.db)")
     ap.add_argument("--experiment", action="append", default=None,
                     help="experiment name; repeat for several (default: logreg)")
-    ap.add_argument("--out", default="reports/latest", help="output directory")
+    ap.add_argument("--out", default="reports/latest",
+                    help="output directory: new, empty, or a previous report's (replaced)")
+    ap.add_argument("--force", action="store_true",
+                    help="write into a non-empty --out that holds no report (its files stay)")
     ap.add_argument("--target", type=float, default=None,
                     help="relative target r: ε = r·(f(x0) − f*) for every task "
                          "(default: the 1e-4..1e-1 ladder rule)")
@@ -395,12 +398,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"commsgd-report: no MLflow store at {uri[len('sqlite:///'):]} (run commsgd-run "
               f"there first, or pass --tracking-uri)", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    problem = report_out.check_out(out, force=args.force)
+    if problem:
+        print(f"commsgd-report: {problem}", file=sys.stderr)
+        return 2
     try:
-        md, page, run_id = build_report(uri, experiments, Path(args.out), target=args.target,
-                                        n_boot=args.n_boot, log_run=not args.no_log)
+        # built in a staging directory: the summary run gets the report's files only
+        with report_out.staged(out) as (staging, replaced):
+            md, page, run_id = build_report(uri, experiments, staging, target=args.target,
+                                            n_boot=args.n_boot, log_run=not args.no_log)
     except LookupError as exc:
         print(f"commsgd-report: {exc}", file=sys.stderr)
         return 2
+    md, page = out / md.name, out / page.name
+    if replaced:
+        print(f"commsgd-report: replaced the previous report in {out} ({len(replaced)} files)")
     print(f"commsgd-report: wrote {md} and {page}")
     if run_id:
         print(f"  logged as run {run_id} (tag {REPORT_TAG}=true) in experiment "

@@ -28,7 +28,7 @@ class PrepareTrackingStore(Callback):
         )
 
         uri = config.tracking.uri or default_uri(Path.cwd())
-        client = retry(lambda: store_client(uri), "open the tracking store")
+        client = store_client(uri)
         name = config.tracking.experiment or config.task.name
         experiment_id = get_or_create_experiment(client, name, local_artifact_root(uri))
         retry(lambda: close_stale_runs(client, experiment_id), "close stale runs")

@@ -174,7 +174,7 @@ def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str 
         print(f"commsgd: started {world_size} ranks ({hw.backend} on {MASTER_ADDR}:{port}), "
               f"pids {' '.join(str(p.pid) for p in procs)}", file=sys.stderr, flush=True)
         try:
-            failed, stopped = _supervise(procs, timeout_s, report_dir)
+            failed, stopped, frozen = _supervise(procs, timeout_s, report_dir)
         except KeyboardInterrupt:
             # Pass Ctrl-C on (a terminal sends it to every rank already, `kill -INT` to the
             # launcher does not) and give rank 0 a moment to close its run as KILLED.
@@ -185,7 +185,7 @@ def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str 
             _stop(procs)
             _close_run(report_dir, "KILLED", "interrupted (KeyboardInterrupt)", None)
             raise
-        return _outcome(procs, failed, stopped, report_dir, timeout_s)
+        return _outcome(procs, failed, stopped, report_dir, timeout_s, frozen)
     finally:
         _stop(procs)
         shutil.rmtree(report_dir, ignore_errors=True)
@@ -212,11 +212,24 @@ class _standard_start_method:
         return False
 
 
-def _supervise(procs, timeout_s: float, report_dir: Path) -> tuple[list[int], list[int]]:
+def _is_frozen(pid: int) -> bool:
+    """Whether a process is stopped (SIGSTOP, SIGTSTP, a debugger): state T or t in
+    /proc/<pid>/stat. A stopped rank fails nothing itself; the others time out waiting for it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] in "Tt"
+
+
+def _supervise(procs, timeout_s: float, report_dir: Path
+               ) -> tuple[list[int], list[int], list[int]]:
     """Wait for every rank. Returns (ranks that exited non-zero, in the order they did; ranks
-    still running at the deadline, which starts at the first failure)."""
+    still running at the deadline, which starts at the first failure; ranks found stopped
+    when the first failed or at the deadline, the likely cause)."""
     pending = {p.sentinel: rank for rank, p in enumerate(procs)}
     failed: list[int] = []
+    frozen: list[int] = []
     deadline = None
     while pending:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -233,9 +246,11 @@ def _supervise(procs, timeout_s: float, report_dir: Path) -> tuple[list[int], li
         failed.extend(batch_failed)
         if batch_failed and deadline is None:
             deadline = time.monotonic() + timeout_s + GRACE_S
+            frozen = [r for r in sorted(pending.values()) if _is_frozen(procs[r].pid)]
     stopped = sorted(pending.values())
+    frozen = frozen or [r for r in stopped if _is_frozen(procs[r].pid)]
     _stop([procs[r] for r in stopped])
-    return failed, stopped
+    return failed, stopped, frozen
 
 
 def _failure_time(report_dir: Path, rank: int) -> float:
@@ -281,7 +296,7 @@ def _describe(rank: int, proc, report: dict | None) -> str:
     return f"rank {rank} (pid {proc.pid}): {how}"
 
 
-def _outcome(procs, failed, stopped, report_dir: Path, timeout_s: float):
+def _outcome(procs, failed, stopped, report_dir: Path, timeout_s: float, frozen=()):
     from suite.runner import RunResult
 
     reports = [_read(report_dir / f"rank{r}.json") for r in range(len(procs))]
@@ -295,12 +310,17 @@ def _outcome(procs, failed, stopped, report_dir: Path, timeout_s: float):
         # refused (a bad config, an unreachable store) before a run was recorded; the other
         # ranks' errors are its consequences. Reported as the CLI reports any such error.
         raise _user_error(first["error"])
-    parts = [f"{_describe(r, procs[r], reports[r])}" for r in failed]
+    parts = [f"rank {r} (pid {procs[r].pid}): stopped (SIGSTOP: process state T) while the "
+             "others waited for it in a collective" for r in frozen]
+    parts += [f"{_describe(r, procs[r], reports[r])}" for r in failed]
     parts += [f"rank {r} (pid {procs[r].pid}): still running {timeout_s + GRACE_S:g} s after "
-              "the first failure; stopped" for r in stopped]
-    reason = f"rank {failed[0] if failed else stopped[0]} failed first; " + "; ".join(parts)
+              "the first failure; stopped" for r in stopped if r not in frozen]
+    # a stopped rank raises nothing: the ranks whose collectives timed out waiting for it fail
+    # first, but it is the cause
+    culprit = frozen[0] if frozen else failed[0] if failed else stopped[0]
+    reason = f"rank {culprit} failed first; " + "; ".join(parts)
     print(f"commsgd: distributed job failed: {reason}", file=sys.stderr, flush=True)
-    _close_run(report_dir, "FAILED", reason, failed[0] if failed else stopped[0])
+    _close_run(report_dir, "FAILED", reason, culprit)
     return RunResult("FAILED", {}, started and started["run_id"],
                      started and started["tracking_uri"], started and started["experiment"],
                      reason=reason)

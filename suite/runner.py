@@ -35,7 +35,14 @@ from suite.rng import SharedStream, WorkerStreams
 from suite.schedules import make_schedule
 from suite.signals import Terminated, sigterm_raises
 from suite.timing import Stopwatch
-from suite.tracking import NullTracker, check_reachable, default_uri, retry, shielded
+from suite.tracking import (
+    NullTracker,
+    check_reachable,
+    default_uri,
+    open_client,
+    retry,
+    shielded,
+)
 from tasks import TASKS
 
 log = logging.getLogger("commsgd")
@@ -215,12 +222,9 @@ def tracking_uri(cfg: DictConfig, launch_dir: Path) -> str | None:
 
 def store_client(uri: str):
     """An MlflowClient for `uri`, once the store is checked and ready (suite.stores)."""
-    from mlflow.tracking import MlflowClient
-
     stores.check_uri(uri)
     check_reachable(uri)
-    stores.prepare(uri)
-    return MlflowClient(tracking_uri=uri)
+    return open_client(uri)
 
 
 def _previous(cfg: DictConfig, uri: str, digest: str) -> sweep_guard.Previous:
@@ -256,6 +260,8 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
     digest = config_hash(cfg)
     uri = tracking_uri(cfg, launch_dir)
     if uri is not None:
+        if not cfg.tracking.uri:
+            launch_dir.mkdir(parents=True, exist_ok=True)  # the default store's directory
         stores.check_uri(uri)
     previous = sweep_guard.Previous()
     if cfg.resume and uri is not None:
@@ -463,9 +469,9 @@ def _finish(cfg, run: Run, tracker, out_dir: Path, status: str, reason: str | No
                 plot = artifacts.plot_convergence(frame, out_dir, title)
                 if plot is not None:
                     tracker.log_artifact(plot)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - a full disk (OSError), a store refusing files
             problem = (f"could not write the run's files to {out_dir} "
-                       f"({exc.strerror or exc}); its metrics are in the store")
+                       f"({getattr(exc, 'strerror', None) or exc}); its metrics are in the store")
             log.error("commsgd: %s", problem)
             if status == "FINISHED":
                 status, reason = "FAILED", problem

@@ -149,6 +149,22 @@ def retry(fn, what: str, *, attempts: int = 6, first_delay: float = 0.2):
             delay *= 2
 
 
+def open_client(uri: str):
+    """An MlflowClient on a ready store. Creating the client opens the store (MLflow reads its
+    schema then), so it is retried like every store call: a store locked by another writer is
+    waited for (OPEN_ATTEMPTS), not a traceback. A new local SQLite store's schema is created
+    first, once, under a lock (suite.stores.prepare)."""
+    from mlflow.tracking import MlflowClient
+
+    from suite.stores import prepare
+
+    def open_store():
+        prepare(uri)
+        return MlflowClient(tracking_uri=uri)
+
+    return retry(open_store, "open the tracking store", attempts=OPEN_ATTEMPTS)
+
+
 def get_or_create_experiment(client, name: str, artifact_root: Path | None) -> str:
     """The experiment's id, creating it if needed. Jobs of a parallel sweep may race to create
     it (the sweep callback creates it first, but a job may come alone): the loser's create
@@ -180,7 +196,6 @@ class MlflowTracker(NullTracker):
                  fallback_dir: Path | None = None, delivery_timeout_s: float = 30.0,
                  resume_run_id: str | None = None):
         super().__init__()
-        from mlflow.tracking import MlflowClient
 
         check_reachable(uri)
         if uri.startswith(("http://", "https://")):
@@ -190,15 +205,7 @@ class MlflowTracker(NullTracker):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.uri, self.experiment_name = uri, experiment
-
-        def open_store():
-            from suite.stores import prepare
-
-            prepare(uri)  # a new SQLite store's schema, created once under a lock
-            return MlflowClient(tracking_uri=uri)
-
-        # creating the client opens the store: a locked SQLite file is waited for here too
-        self.client = retry(open_store, "open the tracking store", attempts=OPEN_ATTEMPTS)
+        self.client = open_client(uri)
         self.flush_every = flush_every
         self.fallback_dir = Path(fallback_dir or Path.cwd())
         self.delivery_timeout_s = delivery_timeout_s

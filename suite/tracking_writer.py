@@ -717,9 +717,18 @@ def _serve(tracker: MlflowTracker, inbox, reply, parent_pid: int) -> str:
             except Exception as exc:  # noqa: BLE001
                 reply(("flushed", _portable(exc)))
         elif kind == "finish":
-            outcome = deferred
+            status, reason, outcome = msg[1], msg[2], None
+            if deferred is not None:
+                # a run whose files did not reach the store (a full disk) did not finish well
+                problem = (f"could not log the run's files to the store "
+                           f"({type(deferred).__name__}: {deferred})")
+                reason = f"{reason}; {problem}" if reason else problem
+                status = "FAILED" if status == "FINISHED" else status
+                outcome = TrackingDeliveryError(
+                    f"{problem}; run {tracker.run_id} is marked {status}, its metrics are in "
+                    f"the store")
             try:
-                tracker.finish(msg[1], msg[2])
+                tracker.finish(status, reason)
                 ack()
             except BaseException as exc:  # noqa: BLE001 - TrackingDeliveryError, the store's
                 outcome = exc

@@ -84,7 +84,8 @@ def test_forced_divergence_fails_the_run_and_the_sweep_goes_on(tmp_path):
 
 
 def test_config_error_exits_nonzero_and_records_no_run(tmp_path):
-    proc = run_cli(*FAST, "workers=0", cwd=tmp_path, check=False)
+    proc = run_cli(*(a for a in FAST if not a.startswith("workers=")), "workers=0",
+                   cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "workers=0" in proc.stderr
     assert not (tmp_path / "mlruns.db").exists() or not all_runs(client_for(tmp_path))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -208,14 +209,25 @@ CLI = ("hardware=multi_cpu", "workers=4", "steps=20", "eval_every=5", "task.data
        "compressor=topk", "compressor.k=2", "compressor.ratio=null")
 KILL_TIMEOUT_S = 20
 SUITE = (sys.executable, "-m", "suite")
+
+
+def _with(base, *changes):
+    """base with some keys set to other values (a key given twice is refused)."""
+    keys = {c.split("=", 1)[0] for c in changes}
+    return (*(b for b in base if b.split("=", 1)[0] not in keys), *changes)
+
+
+
 SCENARIOS = {  # name: (command, extra environment)
     "multirun": ((*SUITE, "-m", *CLI, "seed=0,1"), {}),
-    "kill_rank0": ((*SUITE, *CLI, "steps=100000", f"hardware.timeout_s={KILL_TIMEOUT_S}"),
+    "kill_rank0": ((*SUITE, *_with(CLI, "steps=100000"), f"hardware.timeout_s={KILL_TIMEOUT_S}"),
                    {"COMMSGD_TEST_KILL_RANK": "0", "COMMSGD_TEST_KILL_STEP": "5"}),
-    "kill_rank1": ((*SUITE, *CLI, "steps=100000", f"hardware.timeout_s={KILL_TIMEOUT_S}"),
+    "kill_rank1": ((*SUITE, *_with(CLI, "steps=100000"), f"hardware.timeout_s={KILL_TIMEOUT_S}"),
                    {"COMMSGD_TEST_KILL_RANK": "1", "COMMSGD_TEST_KILL_STEP": "5"}),
-    "launcher_killed": ((*SUITE, *CLI, "steps=100000000", f"hardware.timeout_s={KILL_TIMEOUT_S}"),
-                        {}),
+    "launcher_killed": ((*SUITE, *_with(CLI, "steps=100000000"),
+                         f"hardware.timeout_s={KILL_TIMEOUT_S}"), {}),
+    "stop_rank1": ((*SUITE, *_with(CLI, "steps=100000000"),
+                    f"hardware.timeout_s={KILL_TIMEOUT_S}"), {}),
     "torchrun": ((sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                   "--master-addr", "127.0.0.1", "--master-port", "{port}", "-m", "suite", *CLI),
                  {}),
@@ -405,3 +417,26 @@ def test_ranks_exit_when_the_launcher_dies(launches, scenario):
     (run,) = runs
     assert run.info.status == "FAILED"  # rank 0 took the SIGTERM as a failure and said so
     assert "SIGTERM" in run.data.tags["failure"]
+
+
+@pytest.mark.parametrize("scenario", ["stop_rank1"])
+def test_a_stopped_rank_is_named_as_the_cause(launches, scenario):
+    """SIGSTOP to rank 1: rank 0's collective times out and it fails first, but the job's
+    reason names the stopped rank, and every rank is gone afterwards."""
+    proc, directory, stderr = launches.process(scenario)
+    deadline = time.monotonic() + 300
+    while not logged_a_step(directory):  # the ranks are in the training loop
+        assert proc.poll() is None, stderr.read_text()
+        assert time.monotonic() < deadline, "the run never logged a step"
+        time.sleep(0.5)
+    pids = launched_pids(stderr.read_text())
+    os.kill(pids[1], signal.SIGSTOP)
+    job = launches.result(scenario)
+    assert job.returncode == 1, job.stderr
+    assert "rank 1 failed first" in job.stderr and "stopped (SIGSTOP" in job.stderr
+    _, runs = store(job.dir)
+    (run,) = runs
+    assert run.info.status == "FAILED"
+    assert run.data.tags["distributed.failed_rank"] == "1"
+    assert "rank 1 failed first" in run.data.tags["failure"]
+    assert_gone(pids)
