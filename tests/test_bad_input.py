@@ -33,6 +33,24 @@ def _corrupt_checkpoint(tmp: Path) -> str:
     return f"checkpoint_path={path}"
 
 
+def _not_sqlite(tmp: Path) -> str:
+    path = tmp / "notes.db"
+    path.write_text("not a database\n")
+    return f"tracking.uri=sqlite:///{path}"
+
+
+def _a_directory(tmp: Path) -> str:
+    (tmp / "adir").mkdir()
+    return f"tracking.uri=sqlite:///{tmp / 'adir'}"
+
+
+def _nan_features(cache: Path) -> None:
+    """heart's 270 rows (its row count as published), one feature value NaN."""
+    rows = [b"+1 1:%d 2:1\n" % i if i % 2 else b"-1 1:%d 3:1\n" % i for i in range(269)]
+    (cache / "libsvm").mkdir(parents=True, exist_ok=True)
+    (cache / "libsvm" / "heart").write_bytes(b"".join(rows) + b"+1 1:nan\n")
+
+
 # (overrides, text the message must contain); callables build overrides needing tmp_path
 CATALOGUE = [
     (["lr=-0.1"], "lr=-0.1"),
@@ -64,6 +82,45 @@ CATALOGUE = [
     (["task.dataset=phishing"], "phishing"),  # not cached, and the network is refused
     (["tracking.writer=thread"], "tracking.writer='thread' is not allowed: one of process, "
                                  "inline"),
+    # -- tracking URIs (issue 18, item 10) --
+    (["tracking.uri=garbage"], "tracking.uri='garbage' is not allowed: MLflow's file store"),
+    (["tracking.uri=file:///tmp/commsgd-file-store"], "MLflow's file store is in maintenance"),
+    (["tracking.uri=foo://bar"], "no tracking store for the scheme 'foo'; allowed schemes:"),
+    (lambda tmp: [_a_directory(tmp)], "names a directory"),
+    (lambda tmp: [_not_sqlite(tmp)], "is not an SQLite database"),
+    (["tracking.uri=postgresql://user:pw@127.0.0.1/mlflow"],
+     "needs a database driver that is not installed"),
+    (["tracking.uri=sqlite://"], "an in-memory SQLite store vanishes"),
+    (["tracking.uri=sqlite:///:memory:"], "an in-memory SQLite store vanishes"),
+    (lambda tmp: [f"tracking.uri=sqlite:///{tmp}/missing/dir/mlruns.db"],
+     "is in a directory that does not exist"),
+    # -- types and ranges (item 11) --
+    (["task.dim=2.5"], "task.dim=2.5 is not allowed: an integer >= 1"),
+    (["task.n_samples=100.5"], "task.n_samples=100.5 is not allowed: an integer >= 2"),
+    (["checkpoint_path=123"], "checkpoint_path=123 is not allowed: null or a file path"),
+    (["tracking.flush_every=abc"], "tracking.flush_every='abc' is not allowed"),
+    (["tracking.flush_every=-5"], "tracking.flush_every=-5 is not allowed"),
+    (["tracking.delivery_timeout_s=abc"], "tracking.delivery_timeout_s='abc' is not allowed"),
+    (["tracking.delivery_timeout_s=-1"], "tracking.delivery_timeout_s=-1 is not allowed"),
+    (["~workers"], "workers missing from the config"),
+    (["steps=${nope}"], "steps='${nope}' cannot be resolved"),
+    (["task.l2=abc"], "task.l2='abc' is not allowed"),
+    (["task.data_seed=-1"], "task.data_seed=-1 is not allowed"),
+    (["task.heterogeneity=nan"], "task.heterogeneity=nan is not allowed"),
+    (lambda tmp: (_nan_features(tmp / "cache"), ["task.dataset=heart"])[1],
+     "task.dataset='heart': 1 feature values are NaN or infinite"),
+    (["task.allow_row_mismatch=maybe"], "task.allow_row_mismatch='maybe' is not allowed"),
+    # -- delays no gradient survives (item 12) --
+    (["algorithm=delayed_sgd", "algorithm.delay=5"],
+     "algorithm.delay=5 is not allowed with steps=5"),
+    (["algorithm=delayed_sgd", "algorithm.delay=5000000"],
+     "algorithm.delay=5000000 is not allowed with steps=5: no gradient would ever be applied"),
+    (["algorithm=delayed_sgd", "algorithm.mode=random", "algorithm.max_delay=9"],
+     "algorithm.max_delay=9 is not allowed with steps=5"),
+    # -- experiment names that are paths (item 7) --
+    (["tracking.experiment='../../escaped'"], "tracking.experiment='../../escaped'"),
+    (["tracking.experiment=/tmp/absolute"], "tracking.experiment='/tmp/absolute'"),
+    (["tracking.experiment='..'"], "tracking.experiment='..'"),
 ]
 
 
@@ -111,6 +168,64 @@ def test_the_command_line_exits_nonzero_with_one_line(tmp_path):
     assert "compressor.ratio" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("algorithm=adamw", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "adamw" in proc.stderr
+
+
+def test_a_key_given_twice_on_the_command_line_is_refused(tmp_path):
+    proc = run_cli("workers=4", "workers=2", "steps=5", "progress=false", "tracking=none",
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "workers is set twice on the command line ('workers=4' and 'workers=2')" in \
+        proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_store_file_that_cannot_be_written_is_refused(tmp_path, capsys):
+    """A read-only store: a read-only file system where this runs as root (root writes any
+    file whatever its mode), a file without write permission otherwise."""
+    import os
+    import shutil
+    import sqlite3
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = False
+    if os.geteuid() == 0:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(ro)],
+                                 capture_output=True).returncode == 0
+        if not mounted:
+            pytest.skip("root without permission to mount: cannot make a read-only store")
+    db = ro / "mlruns.db"
+    sqlite3.connect(db).close()
+    try:
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        else:
+            db.chmod(0o444)
+            ro.chmod(0o555)
+        code, _ = run_job(make_cfg("tracking=mlflow", "steps=5", f"tracking.uri=sqlite:///{db}"),
+                          launch_dir=tmp_path)
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "is not writable" in err and "Traceback" not in err
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(ro)], check=False)
+        else:
+            ro.chmod(0o755)
+            shutil.rmtree(ro, ignore_errors=True)
+
+
+def test_diana_with_alpha_zero_says_it_is_compressed_sgd(caplog):
+    """α = 0 is allowed (docs/theory.md §5: it is QSGD-style compressed SGD), but not silently."""
+    import logging
+
+    from suite.runner import Run
+
+    with caplog.at_level(logging.WARNING, logger="commsgd"):
+        Run(make_cfg("algorithm=diana", "algorithm.alpha=0", "steps=5"))
+    assert "algorithm.alpha=0: DIANA's shifts h_i stay at 0, so this run is plain compressed " \
+        "SGD" in caplog.text
 
 
 def test_catalogue_has_at_least_twenty_cases():

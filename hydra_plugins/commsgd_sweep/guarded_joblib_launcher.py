@@ -21,5 +21,6 @@ if JoblibLauncher is not None:
         def launch(self, job_overrides, initial_job_idx):
             from suite.sweep_launcher import workers_stopped_first
 
-            with workers_stopped_first():
+            with workers_stopped_first() as guard:
+                self.task_function.busy_dir = str(guard.busy_dir)  # sent with each job
                 return super().launch(job_overrides, initial_job_idx)
