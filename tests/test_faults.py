@@ -560,3 +560,68 @@ def test_a_short_libsvm_file_is_refused_by_the_command_line_in_one_line(tmp_path
     assert "parsed 11 samples, the LIBSVM site states 270" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (cache / "heart.sha256").exists()
+
+
+# == 1. the owner of a run, and a sweep that closes stale runs ==
+def test_a_runs_owner_is_alive_only_while_its_own_process_runs():
+    from suite.sweep_guard import PID_START, owner_state, owner_tags
+
+    assert owner_state(owner_tags()) == "alive"
+    assert owner_state(owner_tags() | {PID_START: "1"}) == "gone"  # the pid, reused by another
+    assert owner_state(owner_tags() | {"commsgd.host": "elsewhere.example"}) == "elsewhere"
+    assert owner_state({}) == "unknown"  # a run from before owners were recorded
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tags = owner_tags(child.pid)
+        assert owner_state(tags) == "alive"
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert owner_state(tags) == "gone"
+
+
+def test_a_sweep_closes_the_stale_running_runs_of_its_experiment(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from suite.hydra_callbacks import PrepareTrackingStore
+    from suite.sweep_guard import owner_tags
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = make_cfg("tracking=mlflow", f"tracking.uri={uri}")
+    PrepareTrackingStore().on_multirun_start(cfg)  # the store and the experiment
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone_owner = owner_tags(child.pid)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("logreg")
+    stale = client.create_run(exp.experiment_id, tags=gone_owner).info.run_id
+    live = client.create_run(exp.experiment_id, tags=owner_tags()).info.run_id
+    PrepareTrackingStore().on_multirun_start(cfg)  # the next sweep starts
+    closed = client.get_run(stale)
+    assert closed.info.status == "KILLED"
+    assert f"its process (pid {child.pid} on host" in closed.data.tags["failure"]
+    assert client.get_run(live).info.status == "RUNNING"  # its process is this one: alive
+
+
+# == 5. files the store refuses ==
+def test_a_run_whose_files_the_store_refuses_ends_failed_with_the_reason(tmp_path):
+    """The writer process could not log an artifact (here: a file that vanished; a full
+    artifact disk alike): the run is FAILED, not FINISHED without its files, and the error
+    says so in one line."""
+    from suite.tracking import TrackingDeliveryError
+    from suite.tracking_writer import BackgroundTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    tracker = BackgroundTracker(uri=uri, experiment="logreg", run_name="r", params={},
+                                tags={}, fallback_dir=tmp_path, delivery_timeout_s=5)
+    tracker.log_metrics({"train/loss": 1.0}, step=0)
+    tracker.log_artifact(tmp_path / "vanished.csv")
+    with pytest.raises(TrackingDeliveryError, match="could not log the run's files"):
+        tracker.finish("FINISHED")
+    db = tmp_path / "mlruns.db"
+    assert runs_by_status(db) == {"FAILED": 1}
+    assert "could not log the run's files" in tags(db, tracker.run_id)["failure"]
+    assert steps(db, tracker.run_id, "train/loss") == [0]
