@@ -213,13 +213,11 @@ class _standard_start_method:
 
 
 def _is_frozen(pid: int) -> bool:
-    """Whether a process is stopped (SIGSTOP, SIGTSTP, a debugger): state T or t in
-    /proc/<pid>/stat. A stopped rank fails nothing itself; the others time out waiting for it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] in "Tt"
+    """Whether a process is stopped (SIGSTOP, SIGTSTP, a debugger): state T or t. A stopped
+    rank fails nothing itself; the others time out waiting for it."""
+    from suite.procinfo import state
+
+    return state(pid) in ("T", "t")
 
 
 def _supervise(procs, timeout_s: float, report_dir: Path

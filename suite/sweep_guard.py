@@ -28,6 +28,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from suite.procinfo import start_ticks
+
 log = logging.getLogger("commsgd.sweep_guard")
 
 HOST, PID, PID_START, BOOT_ID = ("commsgd.host", "commsgd.pid", "commsgd.pid_start",
@@ -42,21 +44,10 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def _start_ticks(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot;
-    None when there is no such process (or no /proc)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) is in parentheses and may hold spaces: split after it
-    return stat[stat.rindex(")") + 2:].split()[19]
-
-
 def owner_tags(pid: int | None = None) -> dict[str, str]:
     """The tags that name this process (or `pid`) as a run's owner."""
     pid = os.getpid() if pid is None else pid
-    return {HOST: socket.gethostname(), PID: str(pid), PID_START: str(_start_ticks(pid)),
+    return {HOST: socket.gethostname(), PID: str(pid), PID_START: str(start_ticks(pid)),
             BOOT_ID: _boot_id()}
 
 
@@ -69,7 +60,7 @@ def owner_state(tags: dict[str, str]) -> str:
         return "elsewhere"
     if tags.get(BOOT_ID) != _boot_id():
         return "gone"  # the machine rebooted since
-    start = _start_ticks(int(tags[PID]))
+    start = start_ticks(int(tags[PID]))
     return "alive" if start is not None and start == tags.get(PID_START) else "gone"
 
 

@@ -41,6 +41,7 @@ import threading
 import time
 from pathlib import Path
 
+from suite.procinfo import state
 from suite.signals import TERMINATED_CODE, Terminated
 
 log = logging.getLogger("commsgd.sweep")
@@ -61,11 +62,7 @@ def _loky_workers() -> list:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] not in "ZXx"
+    return state(pid) not in (None, "Z", "X", "x")
 
 
 def busy_jobs(busy_dir: Path) -> list[int]:

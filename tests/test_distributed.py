@@ -395,14 +395,19 @@ def logged_a_step(directory) -> bool:
         return False
 
 
-@pytest.mark.parametrize("scenario", ["launcher_killed"])
-def test_ranks_exit_when_the_launcher_dies(launches, scenario):
-    proc, directory, stderr = launches.process(scenario)
+def wait_for_a_step(proc, directory, stderr) -> None:
+    """Until the ranks are in the training loop (a step logged)."""
     deadline = time.monotonic() + 300
-    while not logged_a_step(directory):  # the ranks are in the training loop
+    while not logged_a_step(directory):
         assert proc.poll() is None, stderr.read_text()
         assert time.monotonic() < deadline, "the run never logged a step"
         time.sleep(0.5)
+
+
+@pytest.mark.parametrize("scenario", ["launcher_killed"])
+def test_ranks_exit_when_the_launcher_dies(launches, scenario):
+    proc, directory, stderr = launches.process(scenario)
+    wait_for_a_step(proc, directory, stderr)
     pids = launched_pids(stderr.read_text())
     proc.kill()  # SIGKILL: the launcher gets no chance to stop its ranks
     killed = time.monotonic()
@@ -424,11 +429,7 @@ def test_a_stopped_rank_is_named_as_the_cause(launches, scenario):
     """SIGSTOP to rank 1: rank 0's collective times out and it fails first, but the job's
     reason names the stopped rank, and every rank is gone afterwards."""
     proc, directory, stderr = launches.process(scenario)
-    deadline = time.monotonic() + 300
-    while not logged_a_step(directory):  # the ranks are in the training loop
-        assert proc.poll() is None, stderr.read_text()
-        assert time.monotonic() < deadline, "the run never logged a step"
-        time.sleep(0.5)
+    wait_for_a_step(proc, directory, stderr)
     pids = launched_pids(stderr.read_text())
     os.kill(pids[1], signal.SIGSTOP)
     job = launches.result(scenario)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from suite.procinfo import stat_fields
 from tests.conftest import ROOT, make_cfg, run_cli
 
 # small and fast: 20 synthetic features, no progress bar
@@ -36,21 +37,12 @@ WAIT_S = 240  # the longest any wait here may take on a busy machine
 
 
 # -- processes ---------------------------------------------------------------------------------
-def _stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (state, ppid, pgrp, session, ...), or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
 def session_members(sid: int) -> list[int]:
     """Live (not zombie) processes of a session, wherever they were reparented."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            fields = _stat(int(entry))
+            fields = stat_fields(int(entry))
             if fields and int(fields[3]) == sid and fields[0] != "Z":
                 found.append(int(entry))
     return found
