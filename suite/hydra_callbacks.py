@@ -18,7 +18,7 @@ class PrepareTrackingStore(Callback):
         # under torchrun every rank runs this callback; only one may create the store
         if config.tracking.name != "mlflow" or int(os.environ.get("RANK", "0")) != 0:
             return
-        from suite.runner import store_client
+        from suite.stores import client as store_client
         from suite.sweep_guard import close_stale_runs
         from suite.tracking import (
             default_uri,

@@ -35,14 +35,7 @@ from suite.rng import SharedStream, WorkerStreams
 from suite.schedules import make_schedule
 from suite.signals import Terminated, sigterm_raises
 from suite.timing import Stopwatch
-from suite.tracking import (
-    NullTracker,
-    check_reachable,
-    default_uri,
-    open_client,
-    retry,
-    shielded,
-)
+from suite.tracking import NullTracker, default_uri, retry, shielded
 from tasks import TASKS
 
 log = logging.getLogger("commsgd")
@@ -220,16 +213,9 @@ def tracking_uri(cfg: DictConfig, launch_dir: Path) -> str | None:
     return cfg.tracking.uri or default_uri(launch_dir)
 
 
-def store_client(uri: str):
-    """An MlflowClient for `uri`, once the store is checked and ready (suite.stores)."""
-    stores.check_uri(uri)
-    check_reachable(uri)
-    return open_client(uri)
-
-
 def _previous(cfg: DictConfig, uri: str, digest: str) -> sweep_guard.Previous:
     """resume=true: what the store's earlier runs of this config say (suite.sweep_guard)."""
-    client = store_client(uri)
+    client = stores.client(uri)
     exp = retry(lambda: client.get_experiment_by_name(_experiment(cfg)), "get_experiment")
     if exp is None:
         return sweep_guard.Previous()
@@ -332,7 +318,7 @@ def _in_store(uri: str, run_id: str | None) -> bool:
     """Whether the store holds the run a checkpoint belongs to."""
     if run_id is None:
         return False
-    client = store_client(uri)
+    client = stores.client(uri)
     try:
         client.get_run(run_id)
         return True

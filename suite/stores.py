@@ -27,7 +27,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from suite.tracking import TrackingUnavailable, local_artifact_root
+from suite.tracking import TrackingUnavailable, check_reachable, local_artifact_root, open_client
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # In MLflow's registry of tracking stores but unusable here: the file store ('' and 'file') is
@@ -128,6 +128,14 @@ def _check_sqlite(uri: str) -> None:
     if not os.access(where.parent, os.W_OK | os.X_OK):
         # SQLite writes its journal beside the database
         raise _refuse(uri, f"is in a directory that is not writable ({where.parent})")
+
+
+def client(uri: str):
+    """An MlflowClient for `uri`, once the URI is checked, a server answers, and a local store
+    is ready (`prepare`, inside the client's retries)."""
+    check_uri(uri)
+    check_reachable(uri)
+    return open_client(uri)
 
 
 # -- preparing a local SQLite store -------------------------------------------------------
