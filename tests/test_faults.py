@@ -201,8 +201,9 @@ def test_sigkill_of_the_launcher_ends_its_workers_and_resume_runs_each_config_on
     assert "RUNNING" not in runs_by_status(db)
     assert "KILLED" in runs_by_status(db)
     for run_id, (_, status) in before.items():
-        if status == "KILLED":
+        if status == "KILLED":  # closed by its worker, with its files, once the launcher died
             assert "SIGTERM" in tags(db, run_id)["failure"]
+            assert {"config.yaml", "curves.csv", "convergence.png"} <= artifacts(db, run_id)
 
     resumed = procs.start(*SWEEP, *job, "resume=true", cwd=tmp_path, name="resume")
     procs.wait_all_gone(resumed)
@@ -617,3 +618,27 @@ def test_a_run_whose_files_the_store_refuses_ends_failed_with_the_reason(tmp_pat
     assert runs_by_status(db) == {"FAILED": 1}
     assert "could not log the run's files" in tags(db, tracker.run_id)["failure"]
     assert steps(db, tracker.run_id, "train/loss") == [0]
+
+
+def test_resume_skips_a_config_running_on_another_host_and_says_so(tmp_path):
+    """Its owner cannot be checked from here: never started twice."""
+    from mlflow.tracking import MlflowClient
+
+    from suite.runner import config_hash, execute
+    from suite.sweep_guard import owner_tags
+
+    overrides = ("tracking=mlflow", "steps=5", "resume=true", "task.l2=0.01", "workers=2")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    cfg = make_cfg(*overrides, f"tracking.uri={uri}")
+    from suite.stores import client as store_client
+    from suite.tracking import get_or_create_experiment
+
+    client = store_client(uri)
+    exp_id = get_or_create_experiment(client, "logreg", None)
+    elsewhere = owner_tags() | {"commsgd.host": "node17.cluster", "config_hash": config_hash(cfg)}
+    run_id = client.create_run(exp_id, tags=elsewhere).info.run_id
+    result = execute(cfg, launch_dir=tmp_path)
+    assert result.status == "SKIPPED" and result.run_id == run_id
+    assert "on host node17.cluster, which cannot be checked from this host" in result.reason
+    assert [r.info.run_id for r in MlflowClient(tracking_uri=uri).search_runs([exp_id])] == [
+        run_id]
