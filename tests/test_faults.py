@@ -48,6 +48,22 @@ def session_members(sid: int) -> list[int]:
     return found
 
 
+def opened_by(sid: int, path: Path) -> bool:
+    """Whether a process of the session has `path` open."""
+    for pid in session_members(sid):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    return True
+            except OSError:
+                pass
+    return False
+
+
 def wait_until(condition, timeout_s: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -318,7 +334,9 @@ def test_a_store_locked_when_a_run_starts_costs_a_wait_not_the_run(tmp_path, pro
     try:
         job = procs.start(*SINGLE, "steps=10", "seed=1", f"tracking.uri=sqlite:///{db}",
                           cwd=tmp_path)
-        time.sleep(20)  # longer than MLflow's own waits: it used to give up at ~13 s
+        wait_until(lambda: opened_by(job.pid, db) or job.poll() is not None, WAIT_S,
+                   "the run to open the store")
+        time.sleep(20)  # longer than MLflow's own waits: it used to give up within ~13 s
         assert job.poll() is None, job.err.read_text()[-3000:]
     finally:
         holder.execute("ROLLBACK")
