@@ -183,11 +183,13 @@ def _create(uri: str, path: Path) -> None:
         store.engine.dispose()
         SqlAlchemyStore._engine_map.pop(f"sqlite:///{tmp}", None)
         os.replace(tmp, path)
-    except BaseException as exc:
+    except Exception as exc:  # a full disk, a file-size limit: SQLite's and MLflow's errors
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) or "disk" in str(exc).lower():
-            raise _refuse(uri, f"could not be created ({type(exc).__name__}: {exc}); nothing "
-                               f"was left at {path}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise _refuse(uri, f"could not be created ({type(exc).__name__}: {first}); nothing "
+                           f"was left at {path}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -99,12 +99,13 @@ def previous_run(client, experiment_id: str, digest: str) -> Previous:
     """The config's earlier runs decide: see the table in the module docstring."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.config_hash = '{digest}'",
                               order_by=["attributes.start_time DESC"], max_results=1000)
+    closed = {run.info.run_id for run in runs if close_if_stale(client, run)}
     for run in runs:
         if run.info.status == "FINISHED":
             return Previous(skip=f"config_hash {digest} already FINISHED as run "
                                  f"{run.info.run_id}", run_id=run.info.run_id)
     for run in runs:
-        if run.info.status != "RUNNING" or close_if_stale(client, run):
+        if run.info.status != "RUNNING" or run.info.run_id in closed:
             continue
         state = owner_state(run.data.tags)
         where = {"alive": f"by {describe_owner(run.data.tags)}",
