@@ -15,16 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from suite.algorithms import ConfigurationError
-from suite.compressors import CompressorError
-from suite.config import ConfigError
-from suite.tracking import TrackingDeliveryError, TrackingUnavailable
-from tasks.libsvm import DatasetChecksumError, DatasetFormatError, DatasetUnavailableError
-
-# Errors a user can fix from the message alone: printed as one line, no traceback.
-USER_ERRORS = (ConfigError, ConfigurationError, CompressorError, TrackingUnavailable,
-               TrackingDeliveryError, DatasetUnavailableError, DatasetChecksumError,
-               DatasetFormatError)
+from suite.errors import USER_ERRORS, one_line
+from suite.launch import execute_job, is_primary
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("commsgd")
@@ -57,17 +49,14 @@ def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None
     0: finished or skipped; 1: the run failed (diverged); 2: refused with a one-line message
     that names what to fix. In a sweep, the app turns 2 into an exception and 1 into "go on".
     """
-    # simulated hardware runs here; multi_* starts hardware.world_size ranks (or, under
-    # torchrun, is one of them): suite/launch.py
-    from suite.launch import execute_job, is_primary
-
     try:
+        # simulated hardware runs here; multi_* starts hardware.world_size ranks (or, under
+        # torchrun, is one of them): suite/launch.py
         result = execute_job(cfg, launch_dir=launch_dir, output_dir=output_dir,
                              sweep_id=sweep_id)
     except USER_ERRORS as exc:
         # a bad config is refused before any run is recorded
-        kind = "configuration error" if isinstance(exc, ValueError) else "error"
-        print(f"commsgd: {kind}: {exc}", file=sys.stderr)
+        print(one_line(exc), file=sys.stderr)
         return 2, exc
     if result.status == "SKIPPED":
         print(f"commsgd: skipped: {result.reason}")

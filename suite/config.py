@@ -14,12 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from suite.errors import ConfigError
 from suite.tracking_writer import WRITERS
-
-
-class ConfigError(ValueError):
-    """A bad config value; the message names the key, the value and what is allowed."""
-
 
 ROOT_KEYS = {
     "workers", "batch_size", "steps", "lr", "lr_schedule", "lr_offset", "seed", "eval_every",

@@ -36,19 +36,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from suite.errors import TrackingDeliveryError, TrackingUnavailable
+
+__all__ = ["TrackingDeliveryError", "TrackingUnavailable"]  # defined in suite.errors
+
 log = logging.getLogger("commsgd.tracking")
 
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking store cannot be reached before the run starts."""
-
-
-class TrackingDeliveryError(RuntimeError):
-    """Some metrics could not be delivered; the message says where they were saved."""
 
 
 class NullTracker:

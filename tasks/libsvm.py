@@ -39,22 +39,13 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.datasets import load_svmlight_file
 
+# defined with every user error in suite.errors; importable from here as before
+from suite.errors import DatasetChecksumError, DatasetFormatError, DatasetUnavailableError
+
 log = logging.getLogger(__name__)
 
 BASE_URL = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/binary/"
 DOWNLOAD_TIMEOUT_S = 60.0
-
-
-class DatasetUnavailableError(RuntimeError):
-    """The file is not in the cache and cannot be downloaded (offline, or download=False)."""
-
-
-class DatasetChecksumError(RuntimeError):
-    """A file's digest differs from the pinned (or trusted-on-first-use) one."""
-
-
-class DatasetFormatError(RuntimeError):
-    """A cached file cannot be parsed as a LIBSVM binary-classification file."""
 
 
 class FileSpec(NamedTuple):

@@ -25,9 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-
-class ConfigurationError(ValueError):
-    """A bad combination of options, found before the run starts."""
+from suite.errors import ConfigurationError  # noqa: F401 (re-exported: algorithms raise it)
 
 
 class Theorem(NamedTuple):

@@ -43,11 +43,9 @@ from typing import Any, Literal
 
 import torch
 
+from suite.errors import CompressorError
+
 Kind = Literal["unbiased", "contractive"]
-
-
-class CompressorError(ValueError):
-    """Bad hyper-parameter or bad input for a compressor; the message names what and why."""
 
 
 @dataclass(frozen=True)
