@@ -11,6 +11,8 @@ distributed runs produce identical iterates. Two ways to get there, for two size
   once on every rank; a rank keeps its own rows. Used for minibatch sampling, whose draws are b
   numbers per worker: drawing all K·b of them everywhere costs nothing, and one generator call
   replaces K of them on the hot path (at K = 16 the per-worker calls were a fifth of a step).
+  `common_uniform` draws numbers every worker shares (a shared seed's indices, a coin, a sample
+  of clients): the channel's `link.shared` and `link.server` are such streams.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ class SharedStream:
         out = torch.empty((self.num_workers, *shape), dtype=dtype, device=self.device)
         out.uniform_(0.0, 1.0, generator=self.generator)
         return out if self._all else out[self._rows]
+
+    def common_uniform(self, *shape: int, dtype=torch.float32) -> torch.Tensor:
+        """U[0, 1) draws of `shape` shared by all workers (not split by worker): identical on
+        every rank, for what every worker must agree on (a shared seed's indices, a coin)."""
+        out = torch.empty(shape, dtype=dtype, device=self.device)
+        return out.uniform_(0.0, 1.0, generator=self.generator)
 
     def worker_seeds(self, purpose: str) -> list[int]:
         """One integer seed per held worker for `purpose`, from this stream's seed and the

@@ -1,0 +1,107 @@
+"""The one adapter from a stateless `Compressor` (suite/compressors/base.py) to the protocol.
+
+Up-link, `uplink_of(c)`: every held worker compresses its row with its own stream; the server
+receives every worker's decoded message and takes their mean. The collective is today's:
+
+- the identity compressor's dense messages are all-reduced (hardware.dense_collective=
+  all_reduce, the default; in one process that is the mean over the worker axis);
+- every other message, and identity with dense_collective=all_gather, travels as the
+  compressor's encoded bytes (`link.gather`), and the mean is taken over the same [K, d]
+  decoded tensor in every process layout, so it is bit-for-bit the simulated one;
+- TernGrad's shared scale (`c.local_scale`) is the max over all workers of each worker's own
+  scale, one small all-reduce (MAX, exact) before compressing; its 32 bits are inside every
+  message's count already, so the collective is not counted as message bytes.
+
+Bits: the compressor's exact encoded size (`c.bits`), or `c.fixed_bits(d)` where every message
+has the same size (counted as a Python int, without reading the payload), and `c.entropy_bits`
+where it declares an entropy-coded size.
+
+Down-link, `downlink_of(c)`: the server compresses its vector as a one-row batch with the
+server stream (identical on every rank, so every rank decodes the same broadcast), and every
+worker receives the decoded vector; bits are that one message's size. `dense_downlink(width)`
+is the uncompressed broadcast at a float width, the suite's default: `width·d` bits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from suite.errors import CompressorError
+
+from .protocol import Downlink, Received, Sent, Uplink, stateless
+
+_WIRE = {16: torch.float16, 32: torch.float32, 64: torch.float64}
+
+
+def uplink_of(c) -> Uplink:
+    """The up-link scheme of a stateless compressor: compress, ship, mean."""
+    fixed, entropy = c.fixed_bits, c.entropy_bits
+    shared_scale, identity = c.local_scale is not None, c.is_identity
+
+    def up(x, state, link):
+        if shared_scale:
+            scale = link.all_reduce(c.local_scale(x), "max", counted=False)
+            payload = c.compress(x, link.streams, scale)
+        else:
+            payload = c.compress(x, link.streams)
+        own = c.decompress(payload)
+        if identity and link.dense_collective == "all_reduce":
+            aggregate = link.all_reduce(own, "mean")
+        else:
+            aggregate = link.gather(c, payload, own).mean(0)
+        if fixed is not None:
+            return Sent(own, aggregate, state, fixed(x.shape[1]))
+        return Sent(own, aggregate, state, c.bits(payload),
+                    None if entropy is None else entropy(payload))
+
+    return Uplink(name=c.name, kind=c.kind, omega=c.omega, delta=c.delta, init=stateless,
+                  up=up, check_dim=c.check_dim, data_dependent=c.data_dependent,
+                  hyperparams=c.hyperparams, compressor=c)
+
+
+def downlink_of(c) -> Downlink:
+    """The down-link scheme of a stateless compressor: the server's vector as one message."""
+    fixed = c.fixed_bits
+
+    def down(v, state, link):
+        payload = c.compress(v.reshape(1, -1), link.server)
+        value = c.decompress(payload)[0]
+        bits = fixed(v.numel()) if fixed is not None else int(c.bits(payload)[0])
+        return Received(value, state, bits)
+
+    return Downlink(name=c.name, kind=c.kind, omega=c.omega, delta=c.delta, init=stateless,
+                    down=down, check_dim=c.check_dim, hyperparams=c.hyperparams, compressor=c)
+
+
+def dense_downlink(width: int = 32) -> Downlink:
+    """The uncompressed broadcast: v cast to the float wire width and back, width·d bits.
+
+    No range or finiteness check: a diverging run's broadcast is the runner's to notice (by
+    its loss), not the wire's."""
+    if width not in _WIRE:
+        raise CompressorError(f"downlink width={width!r}: allowed values are 16, 32, 64")
+    wire = _WIRE[width]
+
+    def down(v, state, link):
+        return Received(v.to(wire).to(v.dtype), state, width * v.numel())
+
+    return Downlink(name="dense", kind="unbiased", omega=lambda d: 0.0, delta=None,
+                    init=stateless, down=down, hyperparams=(("width", width),))
+
+
+def as_uplink(obj) -> Uplink:
+    """A Compressor through the adapter; an Uplink as it is."""
+    if isinstance(obj, Uplink):
+        return obj
+    if callable(getattr(obj, "compress", None)) and callable(getattr(obj, "decompress", None)):
+        return uplink_of(obj)
+    raise TypeError(f"expected a Compressor or an Uplink scheme, got {type(obj).__name__}")
+
+
+def as_downlink(obj) -> Downlink:
+    """A Compressor through the adapter; a Downlink as it is."""
+    if isinstance(obj, Downlink):
+        return obj
+    if callable(getattr(obj, "compress", None)) and callable(getattr(obj, "decompress", None)):
+        return downlink_of(obj)
+    raise TypeError(f"expected a Compressor or a Downlink scheme, got {type(obj).__name__}")
