@@ -85,8 +85,45 @@ def app(cfg: DictConfig) -> float | None:
     return final.get("train/suboptimality", final.get("train/loss"))
 
 
+class _one_line_composition_errors:
+    """Hydra reports a refused composition itself (hydra._internal.utils.run_and_report:
+    several lines, exit 1). Where the suite can say it in one line (a key a group option does
+    not have: suite.config.refused_override) it does, with exit code 2, as for its own checks;
+    any other error goes to Hydra's report unchanged."""
+
+    def __enter__(self):
+        import hydra._internal.utils as hydra_utils
+        from hydra.errors import ConfigCompositionException
+
+        from suite.config import refused_override
+
+        self._utils, self._original = hydra_utils, hydra_utils.run_and_report
+        original = self._original
+
+        def run_and_report(func):
+            def guarded():
+                try:
+                    return func()
+                except ConfigCompositionException as exc:
+                    refused = refused_override(exc)
+                    if refused is None:
+                        raise
+                    print(one_line(refused), file=sys.stderr)
+                    sys.exit(2)
+
+            return original(guarded)
+
+        hydra_utils.run_and_report = run_and_report
+        return self
+
+    def __exit__(self, *exc):
+        self._utils.run_and_report = self._original
+        return False
+
+
 def main() -> None:
-    app()
+    with _one_line_composition_errors():
+        app()
 
 
 if __name__ == "__main__":

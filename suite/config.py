@@ -86,7 +86,17 @@ def group_kwargs(cfg: DictConfig, group: str) -> tuple[str, dict]:
     if not isinstance(node, dict) or "name" not in node:
         raise ConfigError(f"{group}: the option must be a mapping with a `name` key")
     name = node.pop("name")
+    for key, value in node.items():
+        if value == "???":  # a factory parameter without a default (suite/configs.py)
+            raise ConfigError(f"{group}.{key} has no default in {group}={name}: set it "
+                              f"({group}.{key}=<value>)")
     return name, node
+
+
+def unknown_key(group: str, name: str, key: str, allowed) -> ConfigError:
+    """The one message for a key an option does not have (a YAML's, an override's)."""
+    return ConfigError(f"{group}.{key} is not a key of {group}={name}; allowed keys: "
+                       f"{', '.join(allowed) or '(none)'}")
 
 
 def bind(factory, group: str, name: str, kwargs: dict, *, fixed: tuple = ()) -> None:
@@ -97,10 +107,25 @@ def bind(factory, group: str, name: str, kwargs: dict, *, fixed: tuple = ()) -> 
     allowed = [p for p in params if p not in fixed and p != "ctx"]
     for key in kwargs:
         if key not in params or key in fixed:
-            raise ConfigError(
-                f"{group}.{key} is not a key of {group}={name}; allowed keys: "
-                f"{', '.join(allowed) or '(none)'}"
-            )
+            raise unknown_key(group, name, key, allowed)
+
+
+def refused_override(exc: BaseException) -> ConfigError | None:
+    """The suite's one-line error for Hydra's refusal to override a key that a group option
+    (`algorithm.alhpa=1`) does not have, or None for any other composition error.
+
+    Hydra composes the option's node (a YAML preset or the node generated from its factory,
+    suite/configs.py), so the node's keys are the allowed ones, exactly `bind`'s."""
+    cause = exc.__cause__
+    parent, full_key = getattr(cause, "parent_node", None), getattr(cause, "full_key", None)
+    if not isinstance(parent, DictConfig) or not isinstance(full_key, str):
+        return None
+    group, _, key = full_key.partition(".")
+    if group not in ("task", "algorithm", "compressor") or not key or "." in key:
+        return None
+    if not isinstance(parent.get("name"), str) or key in parent:
+        return None
+    return unknown_key(group, parent.name, key, [k for k in parent if k != "name"])
 
 
 def resolved_dict(cfg: DictConfig) -> dict:

@@ -30,11 +30,11 @@ from suite.compressors import REGISTRY as COMPRESSORS
 from suite.compressors import build_compressor
 from suite.config import ConfigError, bind, check_root, flatten, group_kwargs, resolved_dict
 from suite.hardware import select_device
+from suite.plugins import TASKS
 from suite.rng import SharedStream, WorkerStreams
 from suite.schedules import make_schedule
 from suite.timing import Stopwatch
 from suite.tracking import NullTracker, check_reachable, default_uri
-from tasks import TASKS
 
 # Keys that change where and how a run is recorded, never what it computes.
 UNHASHED_KEYS = ("tracking", "progress", "hydra", "resume", "checkpoint_every",
@@ -85,7 +85,7 @@ class Run:
 
         task_name, task_kwargs = group_kwargs(cfg, "task")
         if task_name not in TASKS:
-            raise ConfigError(f"task={task_name!r} is not known; allowed: {', '.join(TASKS)}")
+            raise ConfigError(f"task={task_name!r} is not known; allowed: {TASKS.allowed()}")
         factory = TASKS[task_name]
         bind(factory, "task", task_name, task_kwargs, fixed=("workers", "worker_ids", "device"))
         try:
@@ -113,7 +113,7 @@ class Run:
         comp_name, comp_kwargs = group_kwargs(cfg, "compressor")
         if comp_name not in COMPRESSORS:
             raise ConfigError(
-                f"compressor={comp_name!r} is not known; allowed: {', '.join(COMPRESSORS)}"
+                f"compressor={comp_name!r} is not known; allowed: {COMPRESSORS.allowed()}"
             )
         bind(COMPRESSORS[comp_name], "compressor", comp_name, comp_kwargs)
         self.compressor = build_compressor(comp_name, **comp_kwargs)

@@ -38,6 +38,8 @@ from .base import Algorithm, ConfigurationError, Context, Theorem
 from .common import sigma_sq
 
 OUTPUTS = ("last", "weighted")
+# the analysis averages exact models; an unbiased compressor of the progress only adds variance
+COMPRESSOR_KINDS = ("unbiased",)
 SCHEDULES = ("constant", "theorem")
 # Constant steps: Theorem 2.2's schedule never exceeds η_0 = 4/(μa) < 1/(4L) (a > 16κ); we admit
 # the same bound, lr_max = 1/(4L), for a constant step. A documented choice, not a theorem of
