@@ -18,7 +18,9 @@ from omegaconf import DictConfig
 from suite.errors import USER_ERRORS, one_line
 from suite.launch import execute_job, is_primary
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The package's own config files (suite/conf: in a checkout a link to the repository's conf/,
+# in an installed package a copy of it), so commsgd-run composes the same config anywhere.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("commsgd")
 
 
