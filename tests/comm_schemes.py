@@ -104,6 +104,13 @@ def error_feedback(c) -> Uplink:
                   init=init, up=up, compressor=None)
 
 
+def ef_topk(*, k: int = 2) -> Uplink:
+    """`error_feedback` of top-k as a compressor option's factory (keyword hyper-parameters)."""
+    from suite.compressors import build_compressor
+
+    return error_feedback(build_compressor("topk", k=k, ratio=None))
+
+
 class Shift(NamedTuple):
     h: torch.Tensor  # [d]
 
@@ -122,4 +129,5 @@ def shifted_downlink(c) -> Downlink:
                     init=init, down=down)
 
 
-__all__ = ["shared_randk", "majority_vote", "error_feedback", "shifted_downlink", "STATELESS"]
+__all__ = ["shared_randk", "majority_vote", "error_feedback", "ef_topk", "shifted_downlink",
+           "STATELESS"]

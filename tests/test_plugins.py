@@ -234,3 +234,41 @@ def test_an_uplink_scheme_is_a_compressor_option(tmp_path, on_path):
     assert result.status == "FINISHED"
     assert result.final["comm/bits_up"] == 20 * 32 * 4  # 4 values, no indices, per round
     assert result.final["train/loss"] < result.history[0][1]
+
+
+def test_a_stateful_schemes_state_is_checkpointed_with_the_run(tmp_path, on_path):
+    """10 steps, checkpoint, restore into a fresh Run, 10 more == 20 straight steps, bit for
+    bit, with the error memory inside the scheme (the channel's state, not the algorithm's);
+    restoring everything but the scheme's state gives another trajectory."""
+    import torch
+
+    from suite import checkpoint
+
+    on_path(fake_distribution(tmp_path / "dist", "stateful-plugin", {
+        "commsgd.compressors": {"ef_topk": "tests.comm_schemes:ef_topk"}}))
+    overrides = ("compressor=ef_topk", "compressor.k=3", "batch_size=4", "lr=0.2",
+                 "steps=20", "task.dataset=synthetic", "task.n_samples=200", "task.dim=10")
+
+    def steps(run, state, start, stop):
+        for t in range(start, stop):
+            state = run.algorithm.step(state, t, run.schedule(t))
+        return state
+
+    straight = Run(make_cfg(*overrides))
+    end = steps(straight, straight.algorithm.init(straight.task.x0()), 0, 20)
+    first = Run(make_cfg(*overrides))
+    state = steps(first, first.algorithm.init(first.task.x0()), 0, 10)
+    memory = first.channel.lanes["main"].up_state.workers.e
+    assert memory.shape == (first.task.num_workers, 10)  # one row per held worker
+    assert float(memory.abs().sum()) > 0
+    path = tmp_path / "ckpt.pt"
+    checkpoint.save(path, run=first, state=state, step=10, wall=0.0, initial_loss=1.0,
+                    run_id=None, config_hash="x")
+    saved = checkpoint.load(path, config_hash="x")
+    second = Run(make_cfg(*overrides))
+    resumed = steps(second, checkpoint.restore(saved, second), 10, 20)
+    assert torch.equal(second.algorithm.params(resumed), straight.algorithm.params(end))
+    third = Run(make_cfg(*overrides))
+    without = checkpoint.restore(saved | {"comm": None}, third)  # a checkpoint of format 2
+    assert not torch.equal(third.algorithm.params(steps(third, without, 10, 20)),
+                           straight.algorithm.params(end))
