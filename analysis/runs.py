@@ -226,7 +226,10 @@ def problem_labels(runs: pd.DataFrame) -> list[str]:
     """'<experiment>: dataset=..., split=..., K=..., b=...' with the task keys that matter."""
     out = []
     for _, r in runs.iterrows():
-        parts = [f"{r.get('params.task.dataset', '?')}", f"split={r.get('params.task.split', '?')}"]
+        dataset = r.get("params.task.dataset")
+        if not isinstance(dataset, str):  # a task without data sets (a plugin's): its name
+            dataset = r.get("params.task.name", "?")
+        parts = [f"{dataset}", f"split={r.get('params.task.split', '?')}"]
         l2 = r.get("params.task.l2")
         if isinstance(l2, str) and l2 != "None":
             parts.append(f"l2={l2}")

@@ -125,7 +125,8 @@ class Run:
         self.sample_streams = SharedStream(cfg.seed, "sampling", ids, K, self.device)
         self.compress_streams = WorkerStreams(cfg.seed, "compression", ids, self.device)
         self.channel = Channel(self.backend, self.compressor, self.compress_streams,
-                               self.stopwatch, seed=cfg.seed)
+                               self.stopwatch, seed=cfg.seed,
+                               shapes=getattr(self.task, "param_shapes", None))
         ctx = Context(self.task, self.channel, self.sample_streams, self.batch_size,
                       self.stopwatch)
 

@@ -20,6 +20,7 @@ its `up` (compressing, decoding, aggregating) is "compress".
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -55,9 +56,10 @@ class Lane:
 class Channel:
     def __init__(self, backend, compressor, streams, stopwatch: Stopwatch, *, downlink=None,
                  seed: int = 0, shared: SharedStream | None = None,
-                 server: SharedStream | None = None):
+                 server: SharedStream | None = None, shapes=None):
         self.backend, self.streams, self.stopwatch = backend, streams, stopwatch
         self.seed = seed
+        self.shapes = None if shapes is None else tuple(tuple(int(n) for n in s) for s in shapes)
         self.uplink = as_uplink(compressor)
         self.downlink = dense_downlink(DOWNLINK_BITS_PER_COORDINATE) if downlink is None \
             else as_downlink(downlink)
@@ -111,8 +113,11 @@ class Channel:
         return self._broadcast(self._main, v)
 
     def _env(self, d: int, dtype, device) -> Env:
+        shapes = self.shapes
+        if shapes is not None and sum(math.prod(s) for s in shapes) != d:
+            shapes = None  # a message that is not the model
         return Env(d, dtype, device, tuple(self.backend.worker_ids), self.backend.num_workers,
-                   self.seed)
+                   self.seed, shapes)
 
     def _send_up(self, lane: Lane, x: torch.Tensor):
         state = lane.up_state

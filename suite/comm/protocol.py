@@ -67,6 +67,10 @@ class Env(NamedTuple):
     worker_ids: tuple[int, ...]  # global ids of the held workers, in row order
     num_workers: int  # K, over all processes
     seed: int  # the run's seed, to derive per-worker or shared seeds (suite.rng.derive_seed)
+    # The shapes the flat vector is made of (a network's parameter tensors, in order), where
+    # the task declares them (`task.param_shapes`) and the message is the model's size; None
+    # otherwise. A low-rank scheme views each tensor as a matrix.
+    shapes: tuple[tuple[int, ...], ...] | None = None
 
 
 class CommState(NamedTuple):
