@@ -24,13 +24,10 @@ is the uncompressed broadcast at a float width, the suite's default: `width·d` 
 
 from __future__ import annotations
 
-import torch
-
+from suite.compressors.identity import _WIRE_DTYPES
 from suite.errors import CompressorError
 
 from .protocol import Downlink, Received, Sent, Uplink, stateless
-
-_WIRE = {16: torch.float16, 32: torch.float32, 64: torch.float64}
 
 
 def uplink_of(c) -> Uplink:
@@ -78,9 +75,10 @@ def dense_downlink(width: int = 32) -> Downlink:
 
     No range or finiteness check: a diverging run's broadcast is the runner's to notice (by
     its loss), not the wire's."""
-    if width not in _WIRE:
-        raise CompressorError(f"downlink width={width!r}: allowed values are 16, 32, 64")
-    wire = _WIRE[width]
+    if width not in _WIRE_DTYPES:  # the identity compressor's wire widths
+        raise CompressorError(f"downlink width={width!r}: allowed values are "
+                              f"{', '.join(map(str, _WIRE_DTYPES))}")
+    wire = _WIRE_DTYPES[width]
 
     def down(v, state, link):
         return Received(v.to(wire).to(v.dtype), state, width * v.numel())
@@ -89,19 +87,19 @@ def dense_downlink(width: int = 32) -> Downlink:
                     init=stateless, down=down, hyperparams=(("width", width),))
 
 
-def as_uplink(obj) -> Uplink:
-    """A Compressor through the adapter; an Uplink as it is."""
-    if isinstance(obj, Uplink):
+def _adapted(obj, scheme_type, adapt, what: str):
+    if isinstance(obj, scheme_type):
         return obj
     if callable(getattr(obj, "compress", None)) and callable(getattr(obj, "decompress", None)):
-        return uplink_of(obj)
-    raise TypeError(f"expected a Compressor or an Uplink scheme, got {type(obj).__name__}")
+        return adapt(obj)
+    raise TypeError(f"expected a Compressor or {what} scheme, got {type(obj).__name__}")
+
+
+def as_uplink(obj) -> Uplink:
+    """A Compressor through the adapter; an Uplink as it is."""
+    return _adapted(obj, Uplink, uplink_of, "an Uplink")
 
 
 def as_downlink(obj) -> Downlink:
     """A Compressor through the adapter; a Downlink as it is."""
-    if isinstance(obj, Downlink):
-        return obj
-    if callable(getattr(obj, "compress", None)) and callable(getattr(obj, "decompress", None)):
-        return downlink_of(obj)
-    raise TypeError(f"expected a Compressor or a Downlink scheme, got {type(obj).__name__}")
+    return _adapted(obj, Downlink, downlink_of, "a Downlink")
