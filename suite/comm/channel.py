@@ -129,14 +129,14 @@ class Channel:
         totals = sw.totals
         sw.sync()
         started, comm_before = time.perf_counter(), totals["comm"]
-        sent = lane.uplink.up(x, state, self.link)
+        # a Sent, or a tuple of its five fields in its order (the adapter's, on the hot path)
+        own, aggregate, lane.up_state, bits, entropy = lane.uplink.up(x, state, self.link)
         sw.sync()
         # the scheme's collectives timed themselves as comm; the rest of `up` is compression
         totals["compress"] += time.perf_counter() - started - (totals["comm"] - comm_before)
-        lane.up_state = sent.state
-        self._count_up(sent.bits, sent.entropy_bits)
+        self._count_up(bits, entropy)
         self.rounds += 1
-        return sent.own, sent.aggregate
+        return own, aggregate
 
     def _count_up(self, bits, entropy) -> None:
         if isinstance(bits, int):
@@ -153,10 +153,9 @@ class Channel:
         state = lane.down_state
         if state is None:
             state = lane.downlink.init(self._env(v.numel(), v.dtype, v.device))
-        got = lane.downlink.down(v, state, self.link)
-        lane.down_state = got.state
-        self._bits_down += got.bits
-        return got.value
+        value, lane.down_state, bits = lane.downlink.down(v, state, self.link)  # a Received
+        self._bits_down += bits
+        return value
 
     # -- accounting --------------------------------------------------------------------------
     def counters(self) -> dict[str, torch.Tensor]:

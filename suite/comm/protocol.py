@@ -17,6 +17,9 @@ Up-link (workers → server), `Uplink`:
                             worker) or a [w] int64 tensor
     sent.entropy_bits       an entropy-coded size, where the scheme declares one (else = bits)
 
+    (`up` returns a `Sent`; a plain tuple of its five fields in its order does too: the
+    channel unpacks it by position, and the adapter returns plain tuples on the hot path)
+
 Down-link (server → every worker), `Downlink`:
 
     state = scheme.init(env)
