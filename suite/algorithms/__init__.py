@@ -24,9 +24,11 @@ class AlgorithmSpec(NamedTuple):
 
 
 REGISTRY: dict[str, AlgorithmSpec] = {
-    "sgd": AlgorithmSpec(sgd.build, sgd.theorem),
+    # compressed SGD runs with any compressor (its theorem only covers unbiased ones)
+    "sgd": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased", "contractive", "biased")),
     "qsgd": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "qsgd"),
-    "terngrad": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "terngrad"),
+    # TernGrad with its paper's clipping (compressor.clip) is biased; it runs, without a theorem
+    "terngrad": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased", "biased"), "terngrad"),
     "dqgd": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "quant_p",
                           full_gradients_only=True),
     # any compressor; the YAML keeps identity (select one: compressor=topk, sign, ...)
@@ -50,11 +52,15 @@ def build_algorithm(name: str, ctx: Context, **hyper) -> Algorithm:
     spec = get_spec(name)
     compressor = ctx.channel.compressor
     if compressor.kind not in spec.compressor_kinds:
+        settings = ", ".join(f"{k}={v}" for k, v in compressor.hyperparams if v is not None)
         raise ConfigurationError(
             f"algorithm={name} needs an {' or '.join(spec.compressor_kinds)} compressor; "
-            f"compressor={compressor.name} is {compressor.kind}. Use an unbiased compressor "
-            f"(identity, qsgd, terngrad, quant_p, randk with scaled=true, natural) or an "
-            f"algorithm that accepts biased ones (sgd, ef_sgd)"
+            f"compressor={compressor.name}{f' ({settings})' if settings else ''} is "
+            f"{compressor.kind}. Use an unbiased compressor "
+            f"(identity, qsgd, terngrad without clip, quant_p, randk with scaled=true, natural) "
+            f"or an algorithm that accepts {compressor.kind} ones ("
+            + ", ".join(n for n, s in REGISTRY.items() if compressor.kind in s.compressor_kinds)
+            + ")"
         )
     if spec.full_gradients_only and ctx.batch_size is not None:
         raise ConfigurationError(

@@ -132,8 +132,8 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
             lr: float | None = None, local_steps: int = 1, sync_steps: list | None = None,
             output: str = "last", schedule: str = "constant", a: float | None = None,
             **_) -> Theorem:
-    """docs/theory.md §4. Local SGD's theorem (Stich 2019, Theorem 2.2) is a bound in T with decaying
-    steps, not a linear rate: `rate` and `floor` are None here and the bound itself is
+    """docs/theory.md §4. Local SGD's theorem (Stich 2019, Theorem 2.2) is a bound in T with
+    decaying steps, not a linear rate: `rate` and `floor` are None here and the bound itself is
     `bound(...)` below.
 
     lr_max: with schedule=theorem, η_0 = 4/(μa) (the runner logs it; the algorithm takes η_t);
