@@ -119,7 +119,11 @@ def test_ctrl_c_marks_the_run_killed(tmp_path):
             pytest.fail(f"run ended early: {proc.communicate()}")
     assert started, "the run never logged its first metrics"
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     (run,) = all_runs(client_for(tmp_path))
     assert run.info.status == "KILLED"
+    # one line, not a KeyboardInterrupt traceback, and the shell's status for SIGINT
+    assert proc.returncode == 130, err
+    assert [ln for ln in err.splitlines() if ln.strip() and "mlflow.store" not in ln] == [
+        "commsgd: interrupted (Ctrl-C); a run that had started is recorded as KILLED"], err
     assert "interrupted" in run.data.tags["failure"]
