@@ -377,7 +377,7 @@ def _rank_main(rank: int, spec: dict) -> None:
         report["error"] = {"type": type(exc).__name__, "message": str(exc),
                            "summary": f"{type(exc).__name__}: {exc}", "user_error": user,
                            "time": time.time()}
-        if not user:
+        if not user and not isinstance(exc, KeyboardInterrupt):  # Ctrl-C: the launcher says it
             print(f"[rank {rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
     _write(report_dir / f"rank{rank}.json", report)
     _leave(code)
