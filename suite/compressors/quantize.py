@@ -104,10 +104,16 @@ def block_norms(x: torch.Tensor, B: int, p: float) -> torch.Tensor:
     norms = _norms_by_block(x, B, p)
     if p == math.inf:
         return norms
-    low = _small(x.dtype) if p == 2.0 else 0.0
-    lo, hi = torch.aminmax(norms)
-    if low <= float(lo) and float(hi) < math.inf:
-        return norms  # the usual case: one reduction, and one more over the [w, m] norms
+    # the usual case: one reduction over x, and one more over the [w, m] norms
+    if p == 2.0:
+        low = _small(x.dtype)
+        lo, hi = torch.aminmax(norms)
+        if low <= float(lo) and float(hi) < math.inf:
+            return norms
+    else:
+        low = 0.0
+        if math.isfinite(float(norms.sum())):  # a sum of non-negative norms: all finite
+            return norms
     suspect = ~torch.isfinite(norms) | (norms < low)
     top = _norms_by_block(x, B, math.inf)
     bad = suspect & (top > 0)
