@@ -15,20 +15,23 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from suite import cli_errors, cli_help, provenance
 from suite.errors import USER_ERRORS, one_line
 from suite.launch import execute_job, is_primary
+from suite.tracking import run_url
 
 # The package's own config files (suite/conf: in a checkout a link to the repository's conf/,
 # in an installed package a copy of it), so commsgd-run composes the same config anywhere.
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("commsgd")
+cli_help.register()  # `--help` (conf/hydra/help/commsgd.yaml) asks for ${commsgd_help:}
 
 
 def summary(result, cfg) -> str:
     lines = [f"commsgd: run {result.status.lower()}"
              + (f" ({result.reason})" if result.reason else "")]
     shown = ("train/loss", "train/suboptimality", "test/accuracy", "comm/bits_up",
-             "comm/bits_down", "time/wall_s")
+             "comm/bits_up_total", "comm/bits_down", "time/wall_s")
     for key in shown:
         if key in result.final:
             lines.append(f"  {key:<22} {result.final[key]:.6g}")
@@ -41,6 +44,9 @@ def summary(result, cfg) -> str:
         lines.append(f"  experiment '{result.experiment}', run {result.run_id}")
         if result.tracking_uri.startswith("sqlite:"):
             lines.append(f"  open it with: mlflow ui --backend-store-uri {result.tracking_uri}")
+        if result.experiment_id is not None:
+            page = run_url(result.tracking_uri, result.experiment_id, result.run_id)
+            lines.append(f"  run page: {page}")
     return "\n".join(lines)
 
 
@@ -59,6 +65,7 @@ def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None
     except USER_ERRORS as exc:
         # a bad config is refused before any run is recorded
         print(one_line(exc), file=sys.stderr)
+        exc.commsgd_reported = True  # a sweep re-raises it: main() need not say it again
         return 2, exc
     if result.status == "SKIPPED":
         print(f"commsgd: skipped: {result.reason}")
@@ -72,6 +79,7 @@ def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None
 def app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    provenance.remember_overrides(list(hc.overrides.task))
     code, result = run_job(cfg, launch_dir=Path(hc.runtime.cwd),
                            output_dir=Path(hc.runtime.output_dir),
                            sweep_id=hc.sweep.dir if multirun else None)
@@ -87,45 +95,11 @@ def app(cfg: DictConfig) -> float | None:
     return final.get("train/suboptimality", final.get("train/loss"))
 
 
-class _one_line_composition_errors:
-    """Hydra reports a refused composition itself (hydra._internal.utils.run_and_report:
-    several lines, exit 1). Where the suite can say it in one line (a key a group option does
-    not have: suite.config.refused_override) it does, with exit code 2, as for its own checks;
-    any other error goes to Hydra's report unchanged."""
-
-    def __enter__(self):
-        import hydra._internal.utils as hydra_utils
-        from hydra.errors import ConfigCompositionException
-
-        from suite.config import refused_override
-
-        self._utils, self._original = hydra_utils, hydra_utils.run_and_report
-        original = self._original
-
-        def run_and_report(func):
-            def guarded():
-                try:
-                    return func()
-                except ConfigCompositionException as exc:
-                    refused = refused_override(exc)
-                    if refused is None:
-                        raise
-                    print(one_line(refused), file=sys.stderr)
-                    sys.exit(2)
-
-            return original(guarded)
-
-        hydra_utils.run_and_report = run_and_report
-        return self
-
-    def __exit__(self, *exc):
-        self._utils.run_and_report = self._original
-        return False
-
-
 def main() -> None:
-    with _one_line_composition_errors():
-        app()
+    """The console script: the app, with every mistake on the command line said in one line
+    (exit 2) and Ctrl-C in one line (exit 130): suite/cli_errors.py."""
+    provenance.remember_command()
+    sys.exit(cli_errors.run_app(app, USER_ERRORS))
 
 
 if __name__ == "__main__":

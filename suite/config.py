@@ -95,8 +95,12 @@ def group_kwargs(cfg: DictConfig, group: str) -> tuple[str, dict]:
 
 def unknown_key(group: str, name: str, key: str, allowed) -> ConfigError:
     """The one message for a key an option does not have (a YAML's, an override's)."""
+    from suite.cli_errors import did_you_mean
+
+    allowed = [str(k) for k in allowed]
     return ConfigError(f"{group}.{key} is not a key of {group}={name}; allowed keys: "
-                       f"{', '.join(allowed) or '(none)'}")
+                       f"{', '.join(allowed) or '(none)'}"
+                       f"{did_you_mean(key, allowed, prefix=f'{group}.')}")
 
 
 def bind(factory, group: str, name: str, kwargs: dict, *, fixed: tuple = ()) -> None:
@@ -110,15 +114,13 @@ def bind(factory, group: str, name: str, kwargs: dict, *, fixed: tuple = ()) -> 
             raise unknown_key(group, name, key, allowed)
 
 
-def refused_override(exc: BaseException) -> ConfigError | None:
+def refused_key(full_key: str, parent) -> ConfigError | None:
     """The suite's one-line error for Hydra's refusal to override a key that a group option
-    (`algorithm.alhpa=1`) does not have, or None for any other composition error.
+    (`algorithm.alhpa=1`) does not have, or None for any other key.
 
     Hydra composes the option's node (a YAML preset or the node generated from its factory,
     suite/configs.py), so the node's keys are the allowed ones, exactly `bind`'s."""
-    cause = exc.__cause__
-    parent, full_key = getattr(cause, "parent_node", None), getattr(cause, "full_key", None)
-    if not isinstance(parent, DictConfig) or not isinstance(full_key, str):
+    if not isinstance(parent, DictConfig):
         return None
     group, _, key = full_key.partition(".")
     if group not in ("task", "algorithm", "compressor") or not key or "." in key:

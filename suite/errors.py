@@ -5,6 +5,7 @@
     │   ├── ConfigurationError         a bad combination of options (an algorithm refusing a
     │   │                              compressor, full batches required, ...)
     │   ├── CompressorError            a bad compressor hyper-parameter, or input it cannot take
+    │   │   └── MessageRangeError      a message holding NaN/inf or beyond the wire's range
     │   └── PluginError                a plugin that cannot be loaded, or whose name is taken
     ├── TrackingError (RuntimeError)
     │   ├── TrackingUnavailable        the tracking store cannot be reached before the run
@@ -42,6 +43,12 @@ class ConfigurationError(ConfigError):
 
 class CompressorError(ConfigError):
     """Bad hyper-parameter or bad input for a compressor; the message names what and why."""
+
+
+class MessageRangeError(CompressorError):
+    """The message cannot be sent: it holds NaN or inf, or a value beyond the wire format's
+    range. Mid-run that is how a diverging iterate shows itself to a compressor, and the runner
+    reports it as divergence, not as a bad configuration."""
 
 
 class PluginError(ConfigError):

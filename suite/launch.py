@@ -291,7 +291,8 @@ def _outcome(procs, failed, stopped, report_dir: Path, timeout_s: float):
     if not failed and not stopped:
         res = reports[0]["result"]
         return RunResult(res["status"], res["final"], res["run_id"], res["tracking_uri"],
-                         res["experiment"], reason=res["reason"])
+                         res["experiment"], reason=res["reason"],
+                         experiment_id=res.get("experiment_id"))
     first = reports[failed[0]] if failed else None
     if started is None and first and "error" in first and first["error"]["user_error"]:
         # refused (a bad config, an unreachable store) before a run was recorded; the other
@@ -379,11 +380,13 @@ def _rank_main(rank: int, spec: dict) -> None:
                                      "experiment": tracker.experiment_name}))
         report["result"] = {"status": result.status, "final": result.final,
                             "run_id": result.run_id, "tracking_uri": result.tracking_uri,
-                            "experiment": result.experiment, "reason": result.reason}
+                            "experiment": result.experiment, "reason": result.reason,
+                            "experiment_id": result.experiment_id}
         code = 0
     except BaseException as exc:  # noqa: B036 - report everything, then exit non-zero
         report["error"] = _error_report(exc)
-        if not report["error"]["user_error"]:
+        if not report["error"]["user_error"] and not isinstance(exc, KeyboardInterrupt):
+            # Ctrl-C: the launcher says it
             print(f"[rank {rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
     _write(report_dir / f"rank{rank}.json", report)
     _leave(code)

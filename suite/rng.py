@@ -79,6 +79,22 @@ class SharedStream:
         self.generator.set_state(states[0])
 
 
+def grid_bits(dtype: torch.dtype) -> int:
+    """G, the bits of a grid uniform of this dtype: its significand width (24 or 53), so that
+    every U·2^-G with U < 2^G is exact."""
+    return {torch.float32: 24, torch.float64: 53}[dtype]
+
+
+def _fill_grid_row(row: torch.Tensor, g: torch.Generator, integer: bool | None = None
+                   ) -> torch.Tensor:
+    """row ← grid uniforms from g: torch's own uniforms on the CPU, U·2^-G from integer draws
+    elsewhere (`integer` forces either way, for tests)."""
+    if not (row.device.type != "cpu" if integer is None else integer):
+        return row.uniform_(0.0, 1.0, generator=g)
+    bits = grid_bits(row.dtype)
+    return row.random_(0, 2**bits, generator=g).mul_(2.0**-bits)
+
+
 class WorkerStreams:
     """One generator per held worker, for one named purpose (sampling, compression, ...)."""
 
@@ -100,6 +116,35 @@ class WorkerStreams:
         for row, g in zip(out, self.generators, strict=True):
             row.uniform_(0.0, 1.0, generator=g)
         return out
+
+    def fill_grid(self, out: torch.Tensor) -> torch.Tensor:
+        """Fill out [w, n] (rows contiguous) with grid uniforms, row k from worker k's stream,
+        continuing where its last draw stopped.
+
+        A grid uniform is U·2^-G with U uniform on {0, ..., 2^G − 1} and G = `grid_bits` of
+        out's dtype (24 for float32, 53 for float64): every value is exact, and the exact
+        Bernoulli draws of `suite/compressors/bernoulli.py` rest on that. On the CPU torch's
+        own uniforms are exactly this (G bits of one 32- or 64-bit draw, times 2^-G; a test
+        checks it), so filling a row in pieces draws the same numbers as filling it at once.
+        CUDA's uniforms are not on a grid (curand's (0, 1] floats): there U is drawn as an
+        integer and scaled.
+        """
+        if self.device.type == "cpu":  # the loop is on the hot path: no call per row
+            for row, g in zip(out, self.generators, strict=True):
+                row.uniform_(0.0, 1.0, generator=g)
+        else:
+            for row, g in zip(out, self.generators, strict=True):
+                _fill_grid_row(row, g)
+        return out
+
+    def grid_uniform_each(self, counts: list[int], dtype=torch.float32) -> torch.Tensor:
+        """counts[k] further grid uniforms from held worker k's stream; all workers' draws
+        concatenated in row order: [Σ counts]."""
+        parts = [_fill_grid_row(torch.empty(n, dtype=dtype, device=self.device), g)
+                 for n, g in zip(counts, self.generators, strict=True) if n]
+        if not parts:
+            return torch.empty(0, dtype=dtype, device=self.device)
+        return torch.cat(parts)
 
     def normal(self, *shape: int, dtype=torch.float32) -> torch.Tensor:
         """Standard normal draws of shape [w, *shape], one stream per worker."""

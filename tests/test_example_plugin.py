@@ -176,7 +176,7 @@ def test_a_misspelt_plugin_key_is_refused_in_one_line(scenarios):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "commsgd: configuration error: algorithm.alhpa is not a key of "
-        "algorithm=ef21_example; allowed keys: alpha"]
+        "algorithm=ef21_example; allowed keys: alpha (did you mean algorithm.alpha?)"]
 
 
 def test_the_plugins_preset_sweeps_and_the_report_shows_its_theorem(scenarios):

@@ -33,8 +33,10 @@ def build_algorithm(name: str, ctx: Context, **hyper) -> Algorithm:
 
         wanted = " or ".join(spec.compressor_kinds)
         suggestions = sorted({c for kind in spec.compressor_kinds for c in of_kind(kind)})
+        settings = ", ".join(f"{k}={v}" for k, v in compressor.hyperparams if v is not None)
         raise ConfigurationError(
-            f"algorithm={name} needs an {wanted} compressor; compressor={compressor.name} is "
+            f"algorithm={name} needs an {wanted} compressor; "
+            f"compressor={compressor.name}{f' ({settings})' if settings else ''} is "
             f"{compressor.kind}. Use an {wanted} compressor ({', '.join(suggestions)}, at their "
             f"defaults) or an algorithm that accepts {compressor.kind} ones "
             f"({', '.join(admitting(compressor.kind)) or 'none is registered'})"

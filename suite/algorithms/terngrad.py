@@ -4,7 +4,8 @@ unbiased compressor, the TernGrad compressor by default (docs/theory.md §6)."""
 
 from .sgd import build, theorem
 
-COMPRESSOR_KINDS = ("unbiased",)
+# TernGrad with its paper's clipping (compressor.clip) is biased; it runs, without a theorem
+COMPRESSOR_KINDS = ("unbiased", "biased")
 DEFAULT_COMPRESSOR = "terngrad"
 
 __all__ = ["build", "theorem", "COMPRESSOR_KINDS", "DEFAULT_COMPRESSOR"]

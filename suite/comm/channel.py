@@ -199,7 +199,17 @@ class Channel:
         self.server.set_state(saved["server"])
 
     def totals(self) -> dict[str, float]:
-        """Cumulative bits per worker, averaged over all K workers (a collective).
+        """The cumulative counts, logged as (one collective; README "What every run logs"):
+
+        - comm/bits_up: uplink bits per worker, summed over steps, averaged over all K
+          workers: what one worker has sent, in the schemes' wire format;
+        - comm/bits_up_total: the same summed over all K workers: every uplink bit that has
+          crossed the network (K · comm/bits_up);
+        - comm/bits_up_alt_code: comm/bits_up with each message in the compressor's
+          alternative code instead (QSGD: Elias-ω; ternary messages: base 3; others: the
+          wire size). A different code, not a bound: it can be larger than comm/bits_up;
+        - comm/bits_down: downlink bits each worker has received (the broadcasts);
+        - comm/rounds: the number of uplink rounds.
 
         A backend that ships real bytes (`wire_totals`, the distributed one) adds what it
         handed to the collectives beside `comm/bytes_up`, the schemes' Σ ceil(bits/8).
@@ -208,10 +218,12 @@ class Channel:
         c = self.counters()
         stacked = torch.stack([c["bits_up"], c["entropy_bits_up"], c["bits_down"],
                                c["bytes_up"]], 1)
-        up, entropy_up, down, bytes_up = (self.backend.sum(stacked.double()) / K).tolist()
+        summed = self.backend.sum(stacked.double())
+        up, alt_up, down, bytes_up = (summed / K).tolist()
         out = {
             "comm/bits_up": up,
-            "comm/bits_up_entropy": entropy_up,
+            "comm/bits_up_total": float(summed[0]),
+            "comm/bits_up_alt_code": alt_up,
             "comm/bits_down": down,
             "comm/rounds": float(self.rounds),
         }
