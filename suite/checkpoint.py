@@ -2,9 +2,10 @@
 
 A checkpoint holds the step, the algorithm's explicit state (parameters, error memories, DIANA
 shifts, delay queues, local models), every per-worker generator's state, the channel's bit
-counters, the timers, the task's own state where it has one (a network's BatchNorm statistics),
-and the MLflow run it belongs to: the run id and the store's URI. Restoring it and running on
-gives the same metrics and, on the CPU, bit-identical parameters.
+counters, its schemes' states (per lane) and shared streams, the timers, the task's own state
+where it has one (a network's BatchNorm statistics), and the MLflow run it belongs to: the run
+id and the store's URI. Restoring it and running on gives the same metrics and, on the CPU,
+bit-identical parameters.
 
 Where: `checkpoints/<config_hash>.pt` in the launch directory, so that `resume=true` finds the
 checkpoint of an interrupted job of a sweep without being told; or any file given as
@@ -15,7 +16,8 @@ Safety. A checkpoint is read with `torch.load(weights_only=True)`: tensors, numb
 and plain containers only, so a planted file cannot run code (a pickle may name any callable,
 and `weights_only=False` would call it while loading). What that loader cannot carry is stored
 in a plain form: the algorithm's state, a NamedTuple of tensors, as its field names and values,
-rebuilt by the algorithm's own state class when it is restored (`restore`).
+rebuilt by the algorithm's own state class when it is restored (`restore`); the schemes' states
+the same way, NamedTuples anywhere inside them rebuilt from the states a fresh run opens with.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import torch
 from suite.config import ConfigError
 
 # 2: one shared sampling stream (suite.rng.SharedStream)
-# 3: safe to load (weights_only): the algorithm state as field names and tensors, and the MLflow
-#    store the run id belongs to
-FORMAT_VERSION = 3
+# 3: the schemes' states (the open protocol), pickled
+# 4: safe to load (weights_only): the algorithm's and the schemes' states as field names and
+#    tensors, and the MLflow store the run id belongs to
+FORMAT_VERSION = 4
 
 
 def default_path(launch_dir: Path, config_hash: str) -> Path:
@@ -43,6 +46,41 @@ def _plain_state(state) -> dict:
     if not (isinstance(state, tuple) and hasattr(state, "_fields")):
         raise TypeError(f"an algorithm state must be a NamedTuple, not {type(state).__name__}")
     return {"type": type(state).__name__, "fields": list(state._fields), "values": list(state)}
+
+
+_NAMED = "__namedtuple__"
+
+
+def _plain_tree(tree):
+    """`tree` with every NamedTuple inside it as {"__namedtuple__": name, "fields", "values"}:
+    what `torch.load(weights_only=True)` can read back."""
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return {_NAMED: type(tree).__name__, "fields": list(tree._fields),
+                "values": [_plain_tree(v) for v in tree]}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_plain_tree(v) for v in tree)
+    if isinstance(tree, dict):
+        return {k: _plain_tree(v) for k, v in tree.items()}
+    return tree
+
+
+def _rebuilt_tree(plain, template):
+    """Undo `_plain_tree`, each NamedTuple as the class the template (a fresh run's own
+    state) holds in that place; where the template has none, a plain namedtuple."""
+    if isinstance(plain, dict) and _NAMED in plain:
+        cls = type(template) if (isinstance(template, tuple) and hasattr(template, "_fields")
+                                 and list(template._fields) == plain["fields"]) else None
+        inner = template if cls is not None else [None] * len(plain["values"])
+        values = [_rebuilt_tree(v, t) for v, t in zip(plain["values"], inner, strict=True)]
+        return (cls or namedtuple(plain[_NAMED], plain["fields"]))(*values)
+    if isinstance(plain, (list, tuple)):
+        inner = template if isinstance(template, (list, tuple)) and \
+            len(template) == len(plain) else [None] * len(plain)
+        return type(plain)(_rebuilt_tree(v, t) for v, t in zip(plain, inner, strict=True))
+    if isinstance(plain, dict):
+        inner = template if isinstance(template, dict) else {}
+        return {k: _rebuilt_tree(v, inner.get(k)) for k, v in plain.items()}
+    return plain
 
 
 def save(path: Path, *, run, state, step: int, wall: float, initial_loss: float,
@@ -57,6 +95,7 @@ def save(path: Path, *, run, state, step: int, wall: float, initial_loss: float,
         "sample_streams": run.sample_streams.get_state(),
         "compress_streams": run.compress_streams.get_state(),
         "channel": channel.counters() | {"rounds": channel.rounds},
+        "comm": _plain_tree(channel.scheme_state()),
         "stopwatch": dict(run.stopwatch.totals),
         "wall": wall,
         "initial_loss": initial_loss,
@@ -92,7 +131,7 @@ def load(path: Path, *, config_hash: str) -> dict:
         if names and all(n.startswith("suite.") for n in names):
             raise ConfigError(
                 f"checkpoint_path={str(path)!r} was written by an older commsgd (checkpoint "
-                f"format 2 or earlier, which stored Python objects); this version reads format "
+                f"format 3 or earlier, which stored Python objects); this version reads format "
                 f"{FORMAT_VERSION} only: delete it, or run the job again without it") from exc
         if names:
             raise ConfigError(
@@ -139,6 +178,10 @@ def restore(payload: dict, run):
     ch = payload["channel"]
     run.channel.load_counters(ch)
     run.channel.rounds = ch["rounds"]
+    if payload.get("comm") is not None:
+        comm = _rebuilt_tree(payload["comm"], run.channel.scheme_state())
+        lanes = {name: _to_device(states, device) for name, states in comm["lanes"].items()}
+        run.channel.load_scheme_state(comm | {"lanes": lanes})
     run.stopwatch.totals.update(payload["stopwatch"])
     if payload.get("task_state") is not None:
         run.task.load_state_dict(payload["task_state"])

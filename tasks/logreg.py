@@ -53,10 +53,10 @@ def _check_keys(*, l2, data_seed, n_samples, dim, heterogeneity, dirichlet_alpha
             raise ValueError(f"task.{key}={value!r} is not allowed: {allowed}")
 
 
-def _check_finite(name: str, *arrays) -> None:
+def _check_finite(where: str, *arrays) -> None:
     bad = sum(int((~np.isfinite(a)).sum()) for a in arrays)
     if bad:
-        raise ValueError(f"task.dataset={name!r}: {bad} feature values are NaN or infinite; "
+        raise ValueError(f"{where}: {bad} feature values are NaN or infinite; "
                          f"the data must be finite (fix or re-download the file)")
 
 
@@ -67,7 +67,8 @@ class LogisticRegression:
                  worker_ids: list[int] | None = None, l2: float | None = None,
                  data_seed: int = 0, dtype: str = "float64", device="cpu",
                  n_samples: int = 2000, dim: int = 50, heterogeneity: float = 1.0,
-                 dirichlet_alpha: float = 0.5, allow_row_mismatch: bool = False):
+                 dirichlet_alpha: float = 0.5, allow_row_mismatch: bool = False,
+                 path: str | None = None):
         if dtype not in _DTYPES:
             raise ValueError(f"task.dtype={dtype!r}: allowed values are {', '.join(_DTYPES)}")
         _check_keys(l2=l2, data_seed=data_seed, n_samples=n_samples, dim=dim,
@@ -76,8 +77,10 @@ class LogisticRegression:
             raise ValueError(f"task.allow_row_mismatch={allow_row_mismatch!r} is not allowed: "
                              f"true or false")
         data = load_dataset(dataset, seed=data_seed, n_samples=n_samples, dim=dim,
-                            heterogeneity=heterogeneity, allow_row_mismatch=allow_row_mismatch)
-        _check_finite(dataset, data.A_train, data.A_test)
+                            heterogeneity=heterogeneity, allow_row_mismatch=allow_row_mismatch,
+                            path=path)
+        _check_finite(f"task.dataset={dataset!r}" if path is None else f"task.path={path!r}",
+                      data.A_train, data.A_test)
         n, d = data.A_train.shape
         self.l2 = 1.0 / n if l2 is None else float(l2)
         if not self.l2 > 0:
@@ -92,7 +95,7 @@ class LogisticRegression:
         self.constants = logreg_constants.compute_cached(
             data.A_train, data.b_train, shards, self.l2,
             key=(dataset, split, workers, data_seed, self.l2, n_samples, dim, heterogeneity,
-                 dirichlet_alpha),
+                 dirichlet_alpha, path),
         )
         self.x_star = torch.as_tensor(self.constants.pop("x_star"), dtype=self.dtype,
                                       device=self.device)

@@ -36,6 +36,10 @@ from .common import sigma_sq
 
 log = logging.getLogger("commsgd")
 
+# the shift update h_i += αΔ̂_i needs E Δ̂_i = Δ_i; DIANA's own p-norm quantizer by default
+COMPRESSOR_KINDS = ("unbiased",)
+DEFAULT_COMPRESSOR = "quant_p"
+
 
 class DianaState(NamedTuple):
     x: torch.Tensor  # [d] the model (replicated)
