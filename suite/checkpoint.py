@@ -191,6 +191,8 @@ def restore(payload: dict, run):
 def _to_device(state, device):
     if isinstance(state, torch.Tensor):
         return state.to(device)
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # a NamedTuple: by position
+        return type(state)(*(_to_device(v, device) for v in state))
     if isinstance(state, (list, tuple)):
         return type(state)(_to_device(v, device) for v in state)
     if isinstance(state, dict):

@@ -721,8 +721,11 @@ def _serve(tracker: MlflowTracker, inbox, reply, parent_pid: int) -> str:
                 reply(("flushed", _portable(exc)))
         elif kind == "finish":
             status, reason, outcome = msg[1], msg[2], None
-            if deferred is not None:
-                # a run whose files did not reach the store (a full disk) did not finish well
+            if deferred is not None and _store_answers(tracker.uri):
+                # the store is there and refused the files (a full disk). A store that is gone
+                # refused nothing: finish() below saves the run, status and all, to its
+                # fallback file, and the files stay in the run's output directory. A run whose
+                # files did not reach a store that answers did not finish well
                 problem = (f"could not log the run's files to the store "
                            f"({type(deferred).__name__}: {deferred})")
                 reason = f"{reason}; {problem}" if reason else problem
@@ -740,6 +743,17 @@ def _serve(tracker: MlflowTracker, inbox, reply, parent_pid: int) -> str:
         elif kind == "eof":
             _close_orphaned(tracker)
             return "eof"
+
+
+def _store_answers(uri: str) -> bool:
+    """Whether the store at `uri` answers now (a local file store always does)."""
+    from suite.tracking import TrackingUnavailable, check_reachable
+
+    try:
+        check_reachable(uri, timeout_s=2.0)
+        return True
+    except TrackingUnavailable:
+        return False
 
 
 def _close_orphaned(tracker: MlflowTracker) -> None:
