@@ -38,7 +38,7 @@ from tasks import TASKS
 
 # Keys that change where and how a run is recorded, never what it computes.
 UNHASHED_KEYS = ("tracking", "progress", "hydra", "resume", "checkpoint_every",
-                 "checkpoint_path")
+                 "checkpoint_path", "leaderboard")
 
 
 class Diverged(RuntimeError):
