@@ -80,7 +80,7 @@ def _log_y(ax) -> None:
 def convergence_figure(groups: list[Group], title: str, eps: float | None = None):
     """Three panels: f − f* against iterations, uplink bits per worker and wall time."""
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), sharey=True, layout="constrained")
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), sharey=True, layout="constrained", dpi=DPI)
         xs = (("iterations", None, None), ("uplink bits per worker", "comm/bits_up", "bit"),
               ("wall time", "time/wall_s", "s"))
         handles = []
@@ -130,7 +130,7 @@ def targets_figure(curves: dict[str, tuple[list[float], list[float], list[float]
     over seeds, finite). One line per method against the depth of the target: where a line
     stops, the method stopped reaching targets; a hollow marker has an interval reaching ∞."""
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(9, 4.6), layout="constrained")
+        fig, ax = plt.subplots(figsize=(9, 4.6), layout="constrained", dpi=DPI)
         for (name, (r, v, lo, hi)), (color, ls) in zip(curves.items(), _styles(len(curves)),
                                                         strict=True):
             r, v, lo, hi = (np.asarray(a, dtype=float) for a in (r, v, lo, hi))
@@ -154,8 +154,12 @@ def targets_figure(curves: dict[str, tuple[list[float], list[float], list[float]
         ax.set_xlabel("target ε / F0 (deeper to the right)")
         ax.set_ylabel(f"{COST_AXIS.get(cost, cost)} to ε (median over seeds)")
         ax.grid(alpha=0.3, which="both", lw=0.4)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-                  ncol=1 if len(curves) <= 16 else 2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                      ncol=1 if len(curves) <= 16 else 2)
+        else:
+            ax.text(0.5, 0.5, "no method reaches a target", transform=ax.transAxes,
+                    ha="center", va="center")
         ax.set_title(title)
     return fig
 
@@ -168,7 +172,7 @@ def profile_figure(ratios: dict[str, np.ndarray], title: str, cost: str = "bits"
     """ratios: method -> its cost ratios r_p = cost / best cost over the problems it ran on
     (+∞ where it did not reach the target). Plots ρ(τ) = fraction of problems with r_p ≤ τ."""
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(9, 4.6), layout="constrained")
+        fig, ax = plt.subplots(figsize=(9, 4.6), layout="constrained", dpi=DPI)
         finite = np.concatenate([r[np.isfinite(r)] for r in ratios.values()] or [np.ones(1)])
         tmax = max(2.0, float(finite.max()) * 1.2)
         taus = np.geomspace(1.0, tmax, 400)
@@ -197,7 +201,7 @@ def speedup_figure(series: dict[str, tuple[list[int], list[float], list[float], 
                    title: str):
     """series: label -> (K, S, S_lo, S_hi); a log-log plot with the ideal S = K."""
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(8, 4.6), layout="constrained")
+        fig, ax = plt.subplots(figsize=(8, 4.6), layout="constrained", dpi=DPI)
         Ks = {1}
         for (name, (K, S, lo, hi)), (color, ls) in zip(series.items(), _styles(len(series)),
                                                         strict=True):
