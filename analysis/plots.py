@@ -80,7 +80,8 @@ def _log_y(ax) -> None:
 def convergence_figure(groups: list[Group], title: str, eps: float | None = None):
     """Three panels: f − f* against iterations, uplink bits per worker and wall time."""
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), sharey=True, layout="constrained", dpi=DPI)
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), sharey=True, layout="constrained",
+                                 dpi=DPI)
         xs = (("iterations", None, None), ("uplink bits per worker", "comm/bits_up", "bit"),
               ("wall time", "time/wall_s", "s"))
         handles = []

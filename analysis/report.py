@@ -378,7 +378,10 @@ class Report:
 
     def _convergence(self, doc: Doc) -> None:
         doc.heading("Convergence")
+        # curves in leaderboard order, so that a method keeps its colour across the figures
+        order = {e.config_id: i for b in self.boards for i, e in enumerate(b.entries)}
         for gs in G.by_problem(self.groups).values():
+            gs = sorted(gs, key=lambda g: order.get(g.group, len(order)))
             eps = self.targets[gs[0].problem][0]
             label = gs[0].problem_label
             doc.heading(label, 3)
