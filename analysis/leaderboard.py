@@ -412,7 +412,12 @@ def _merge_boards(a: Board, b: Board, wa: str, wb: str) -> Board:
                     trials[t.text] = t
             pooled = sorted(trials.values(), key=lambda t: t.text)
             best = choose(pooled, a.protocol.tuning_levels)
-            winner = next(e for e in es if e.hyperparameters == best.hyperparameters)
+            winner = next((e for e in es if e.hyperparameters == best.hyperparameters), None)
+            if winner is None:
+                raise ProtocolError(
+                    f"--merge: {a.label}: the best trial {best.text} of "
+                    f"{es[0].short_name or es[0].method_id} has no held-out results in any "
+                    f"file")
             winner.trials = pooled
             entries.append(winner)
     return Board(a.problem, a.experiment, a.label, a.task, a.workers, a.batch_size, a.levels,

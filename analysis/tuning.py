@@ -113,7 +113,7 @@ def plan(runs: pd.DataFrame, *, levels: list[float] | None = None,
             if len(vs) > 1:
                 label = part["problem_label"].iloc[0]
                 raise ProtocolError(
-                    f"{label}: its runs declare different {k} ({', '.join(map(str, vs))}); "
+                    f"{label}: its runs declare different {k} ({', '.join(sorted(map(str, vs)))}); "
                     f"one problem's runs must share one tuning protocol")
         one = {k: next(iter(vs)) for k, vs in found.items()}
         seeds = one["leaderboard.tuning_seeds"]
@@ -177,8 +177,7 @@ def evaluate_trial(g: Group, protocol: Protocol, F0: float) -> Trial:
                                 np.inf)
         depth, cost, reached = level, float(rates.lower_median(per_seed)), int((idx >= 0).sum())
     final = float(rates.lower_median(final_gaps(g))) if len(g.ended.run_ids) else math.inf
-    hyper = {k: v for k, v in g.method_config.items()
-             if any(k == t for t in protocol.keys)}
+    hyper = {k: v for k, v in g.method_config.items() if k in protocol.keys}
     return Trial(hyper, depth, cost, final, reached, tuple(g.seeds), g.group)
 
 
