@@ -332,6 +332,25 @@ def rank(board: Board) -> None:
     board.entries.sort(key=order)
 
 
+def profile_ratios(boards: list[Board]) -> tuple[dict[str, list[float]], int]:
+    """Performance ratios r(p, m) = c(p, m) / min_m' c(p, m') per method name, over the boards
+    on which some method reaches a target, at each board's summary level and ranking cost
+    (+∞ where m does not reach it); and how many boards that is. A best cost of 0 (nothing sent
+    before the target, e.g. before a first synchronisation) ties only with other zeros."""
+    ratios: dict[str, list[float]] = {}
+    used = 0
+    for b in boards:
+        if b.summary_level is None:
+            continue
+        cost = {e.name: e.at(b.summary_level).cost(b.rank_by).value for e in b.entries}
+        best = min(cost.values())
+        used += 1
+        for m, v in cost.items():
+            ratios.setdefault(m, []).append(
+                1.0 if v == best else v / best if best > 0 else math.inf)
+    return ratios, used
+
+
 # ------------------------------------------------------------------------------ the file
 
 def document(boards: list[Board], *, sources: list[dict], n_boot: int,

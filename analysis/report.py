@@ -270,17 +270,7 @@ def profiles(doc: Doc, boards: list[LB.Board], image) -> None:
         mine = [b for b in boards if (b.tuned) == (protocol == "tuned")]
         if not mine:
             continue
-        ratios: dict[str, list] = {}
-        used = 0
-        for b in mine:
-            _, r = summary_target(b)
-            cost = {e.name: e.at(r).cost(b.rank_by).value for e in b.entries}
-            best = min(cost.values(), default=math.inf)
-            if not math.isfinite(best):
-                continue
-            used += 1
-            for m, v in cost.items():
-                ratios.setdefault(m, []).append(v / best)
+        ratios, used = LB.profile_ratios(mine)
         if used < 2:
             doc.para(f"{protocol.capitalize()} problems: {used} with a method reaching a "
                      f"target, so no profile (it needs at least two problems).")

@@ -290,6 +290,25 @@ def test_the_rank_rule_counts_the_methods_that_beat_each_one():
                                                   "never": 5}
 
 
+def test_profile_ratios_over_problems_with_zero_and_censored_costs():
+    from analysis.tuning import Protocol
+
+    levels = (1e-2,)
+
+    def ranked(costs):
+        b = LB.Board("p", "e", "p", {}, "2", "full", levels, Protocol(levels), "bits",
+                     [_entry(n, {1e-2: c} if c else {}, levels) for n, c in costs.items()])
+        LB.rank(b)
+        return b
+
+    boards = [ranked({"x": (4, 4, 4), "y": (8, 8, 8), "z": None}),
+              ranked({"x": (0, 0, 0), "y": (0, 0, 0), "z": (5, 5, 5)}),  # nothing sent yet
+              ranked({"x": None, "y": None, "z": None})]  # nobody reaches: left out
+    ratios, used = LB.profile_ratios(boards)
+    assert used == 2
+    assert ratios == {"x": [1.0, 1.0], "y": [2.0, 1.0], "z": [math.inf, math.inf]}
+
+
 # ------------------------------------------------------------------------------ the JSON file
 
 def validate(doc: dict) -> None:
