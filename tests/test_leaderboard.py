@@ -553,3 +553,20 @@ def test_a_presets_method_file_names_the_method(tmp_path):
     runs = load_runs(f"sqlite:///{tmp_path / 'mlruns.db'}", ["logreg"]).runs
     assert list(runs["params.leaderboard.name"]) == ["qsgd"]
     assert list(runs["method"]) == ["qsgd"]
+
+
+def test_a_speedup_series_joins_each_ks_own_tuned_step_size():
+    """In a tuned sweep each K has its own chosen lr: the series is the method minus its tuned
+    keys (method_id), not the full configuration."""
+    from analysis import groups as G
+
+    empty = G.Curves([], np.zeros(0), {})
+
+    def group(K, lr, H):
+        return G.Group(f"g{K}{lr}{H}", "e", "task", f"p{K}", "p", "m", f"key{lr}{H}",
+                       {"workers": K, "batch_size": 1, "lr": lr}, {}, [], {}, 0, empty, empty,
+                       method_id=f"H{H}")
+    series = G.speedup_series([group(1, 0.1, 1), group(2, 0.25, 1), group(4, 0.5, 1),
+                               group(1, 0.1, 8), group(2, 0.1, 8)])
+    assert sorted((k[1], [g.workers for g in v]) for k, v in series.items()) == [
+        ("H11", [1, 2, 4]), ("H81", [1, 2])]
