@@ -4,11 +4,14 @@ measurement and the papers' claims, from the runs of one or more MLflow experime
     commsgd-report --tracking-uri sqlite:///$PWD/mlruns.db --experiment diana_vs_quantized \
                    --experiment ef_delay --out reports/latest
 
-writes OUT/report.md, OUT/report.html (standalone: plots embedded as data URIs) and OUT/*.png,
-and logs them as artifacts of a summary run "report-<timestamp>" (tag commsgd.report=true) in
-the first experiment; the runs reader leaves such summary runs out of every analysis.
-The methods (target rule, fits, intervals, alpha-beta model, profiles) are stated in the report
-itself and in docs/analysis.md; the fits are docs/theory.md §8's.
+writes OUT/report.md, OUT/report.html (standalone: plots embedded as data URIs), OUT/*.png and
+OUT/leaderboard.json (docs/leaderboard.schema.json), and logs them as artifacts of a summary
+run "report-<timestamp>" (tag commsgd.report=true) in the first experiment; the runs reader
+leaves such summary runs out of every analysis. `commsgd-report --merge a.json b.json --out DIR`
+combines leaderboard.json files into one leaderboard instead (analysis.leaderboard.merge).
+The methods (targets, rank and tie rules, tuning protocol, fits, intervals, alpha-beta model,
+profiles) are stated in the report itself and in docs/analysis.md; the fits are docs/theory.md
+§8's.
 """
 
 from __future__ import annotations
