@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import torch
 
+# Reductions over the worker axis (dimension 0); the distributed backend reduces the same way
+# within a rank, then across ranks.
+REDUCE = {
+    "sum": lambda x: x.sum(0),
+    "mean": lambda x: x.mean(0),
+    "max": lambda x: x.amax(0),
+    "min": lambda x: x.amin(0),
+}
+
 
 class SimulatedBackend:
     name = "simulated"
@@ -29,10 +38,21 @@ class SimulatedBackend:
         """Sum over all K workers of a [w, ...] tensor."""
         return x.sum(0)
 
-    def mean_of_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
-        """Mean of every worker's decoded message. In one process the decoded [K, d] batch is
-        already here; the distributed backend ships `compressor.encode(payload)` instead."""
-        return decoded.mean(0)
+    def all_reduce(self, x: torch.Tensor, op: str = "sum", *, counted: bool = True
+                   ) -> torch.Tensor:
+        """x [w, ...] reduced over all K workers by op (sum, mean, max, min)."""
+        if op == "mean":  # the identity compressor's messages, every step: no table lookup
+            return x.mean(0)
+        return REDUCE[op](x)
+
+    def gather_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
+        """Every worker's decoded message [K, d]. In one process the decoded batch is already
+        here; the distributed backend ships `compressor.encode(payload)` instead."""
+        return decoded
+
+    def exchange(self, msgs: list[bytes]) -> list[bytes]:
+        """All K workers' messages: in one process, the ones given."""
+        return list(msgs)
 
     def max_over_ranks(self, values: list[float]) -> list[float]:
         return [float(v) for v in values]
