@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 _CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:0.8em 0;font-size:0.88em}
+table{border-collapse:collapse;margin:0.8em 0;font-size:0.88em;display:block;overflow-x:auto;
+max-width:100%}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#f3f3f3} tr:nth-child(even) td{background:#fafafa}
 code{background:#f4f4f4;padding:0 3px;border-radius:3px}

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import rates
-from .runs import RunSet, parse_value
+from .runs import RunSet, parse_value, split_params
 
 SUBOPT = "train/suboptimality"
 
@@ -78,6 +78,15 @@ class Group:
     joint: rates.JointFit | None = None
     power: rates.PowerLaw | None = None  # decaying step sizes: m_k ∝ k^(−p)
     notes: list[str] = field(default_factory=list)
+    method_id: str = ""  # the method minus its tuned keys: one id for all trials of a method
+    short_name: str | None = None  # leaderboard.name, where the runs set one
+    seeds: list[int] = field(default_factory=list)  # of the ended runs, in run_ids' order
+    logged: dict = field(default_factory=dict)  # the params as MLflow holds them (strings)
+
+    @property
+    def method_config(self) -> dict[str, str]:
+        """The method's params as logged: the configuration minus the problem's keys."""
+        return split_params(self.logged)[3]
 
     @property
     def n_seeds(self) -> int:
@@ -97,18 +106,21 @@ class Group:
         return self.method
 
 
-def build_groups(runset: RunSet, *, n_boot: int = rates.N_BOOT, fit: bool = True
-                 ) -> list[Group]:
-    """One Group per configuration among the runs that ended; fits included when `fit`."""
-    runs = runset.usable()
+def build_groups(runset: RunSet, *, n_boot: int = rates.N_BOOT, fit: bool = True,
+                 runs: pd.DataFrame | None = None) -> list[Group]:
+    """One Group per configuration among the runs that ended (or among `runs`, a subset of
+    them: the tuning or the held-out seeds); fits included when `fit`."""
+    runs = runset.usable() if runs is None else runs
     keys = (SUBOPT, "comm/bits_up", "comm/bits_down", "comm/rounds", "time/compute_s",
             "time/compress_s", "time/wall_s")
     out = []
     for gid, part in runs.groupby("group", sort=False):
         part = part.sort_values("seed")
         first = part.iloc[0]
-        params = {c[len("params."):]: parse_value(v) for c, v in first.items()
+        name = first.get("short_name")
+        logged = {c[len("params."):]: v for c, v in first.items()
                   if c.startswith("params.") and isinstance(v, str) and c != "params.seed"}
+        params = {k: parse_value(v) for k, v in logged.items()}
         constants = {c[len("const."):]: float(v) for c, v in first.items()
                      if c.startswith("const.") and pd.notna(v)}
         ended_ids = list(part["run_id"])
@@ -117,7 +129,10 @@ def build_groups(runset: RunSet, *, n_boot: int = rates.N_BOOT, fit: bool = True
         g = Group(gid, first["experiment"], first["task_key"], first["problem"],
                   first["problem_label"], first["method"], first["method_key"], params,
                   constants, ended_ids, part["status"].value_counts().to_dict(), diverged,
-                  aligned(runset, fin_ids, keys), aligned(runset, ended_ids, keys))
+                  aligned(runset, fin_ids, keys), aligned(runset, ended_ids, keys),
+                  method_id=first.get("method_id", first["method_key"]),
+                  short_name=name if isinstance(name, str) else None,
+                  seeds=[int(s) for s in part["seed"]], logged=logged)
         if fit:
             fit_group(g, n_boot=n_boot)
         out.append(g)
@@ -146,6 +161,19 @@ def fit_group(g: Group, *, n_boot: int = rates.N_BOOT) -> None:
         g.joint = rates.joint_floor(steps, Y, n_boot=n_boot)
 
 
+def floor_estimate(g: Group) -> tuple[rates.Estimate, bool, str] | None:
+    """The group's floor of f − f* as (estimate, plateau, kind), or None where it cannot be
+    measured. Where the tail is flat the joint fit separates the transient from the floor (F of
+    F + Cρ^k, 'joint fit'); otherwise the tail mean, which bounds the floor from above when the
+    curve is still decaying ('tail mean', plateau False) (docs/theory.md §8b)."""
+    fl = g.floor
+    if fl is None or not fl.floor.ok:
+        return None
+    if fl.plateau and g.joint is not None and g.joint.F.ok:
+        return g.joint.F, True, "joint fit"
+    return fl.floor, fl.plateau, "tail mean"
+
+
 def by_problem(groups: list[Group]) -> dict[str, list[Group]]:
     out: dict[str, list[Group]] = {}
     for g in groups:
@@ -161,30 +189,6 @@ def by_task(groups: list[Group]) -> dict[str, list[Group]]:
 
 
 # --------------------------------------------------------------------------- targets (§8d)
-
-TARGET_LADDER = (1e-4, 1e-3, 1e-2, 1e-1)
-
-
-def choose_target(groups: list[Group], relative: float | None = None) -> tuple[float, float]:
-    """The target ε for the groups of one leaderboard (one problem), as (ε, relative level):
-    ε = r·F0 with F0 = f(x0) − f*, the initial gap (the same for every run of a task, which all
-    start at x0).
-
-    Rule: with `relative` given (--target), r = relative. Otherwise r is the smallest level of
-    the ladder 1e-4, 1e-3, 1e-2, 1e-1 that at least one group reaches with at least half of its
-    seeds; so a task where some method converges gets the strict 1e-4, and a stochastic task
-    whose floors all lie above it gets the tightest level that still ranks methods. If none is
-    reached, r = 1e-1 and every method shows 'not reached'."""
-    F0 = float(np.nanmedian([g.initial_gap for g in groups]))
-    if relative is not None:
-        return relative * F0, relative
-    for r in TARGET_LADDER:
-        for g in groups:
-            Y = g.ended[SUBOPT]
-            if Y.size and (rates.hitting(Y, r * F0) >= 0).sum() * 2 >= len(Y):
-                return r * F0, r
-    return TARGET_LADDER[-1] * F0, TARGET_LADDER[-1]
-
 
 def target_costs(g: Group, eps: float, *, n_boot: int = rates.N_BOOT) -> rates.TimeToTarget:
     """Iterations, uplink bits per worker and wall seconds to reach ε, per seed, censored."""
@@ -230,7 +234,8 @@ def speedup_series(groups: list[Group]) -> dict[tuple[str, str], list[Group]]:
     (task_key, method_key)."""
     series: dict[tuple[str, str], list[Group]] = {}
     for g in groups:
-        series.setdefault((g.task_key, g.method_key + str(g.params.get("batch_size"))),
+        # by method_id, not method_key: in a tuned sweep each K has its own chosen step size
+        series.setdefault((g.task_key, g.method_id + str(g.params.get("batch_size"))),
                           []).append(g)
     return {k: sorted(v, key=lambda g: g.workers) for k, v in series.items()
             if len({g.workers for g in v}) >= 2 and any(g.workers == 1 for g in v)}

@@ -14,7 +14,13 @@ Grouping (docs/theory.md §8: fits are over seeds of one configuration):
   target ε serves them all.
 - `problem`: task_key + workers + batch_size: the setting in which methods are compared.
 - `method`: what is left of the group (algorithm, compressor, their hyper-parameters, step
-  size...), with a readable label that names only the keys that vary.
+  size...), with a readable label: the method's short name (`leaderboard.name`, which
+  commsgd-run sets to a preset's method file name) where there is one, else
+  algorithm/compressor, plus the keys that tell apart configurations sharing that name.
+- `method_id`: the method minus the keys a tuned sweep searches (`leaderboard.tune_keys`,
+  where the run declares tuning seeds): the trials of one method share it (analysis.tuning).
+- `role`: 'tuning' for a run whose seed is one of its `leaderboard.tuning_seeds`, else
+  'evaluation' (a held-out seed, or a sweep without tuning).
 
 Robustness: failed runs (diverged, crashed) keep their partial histories and their status;
 RUNNING runs are listed but have no `group` membership in fits (see `usable`); summary runs
@@ -42,7 +48,8 @@ CONSTANT_PREFIX = "task/"  # the task constants: params task/<name> (metrics in 
 # Metrics renamed since older runs logged them: old name -> the name the analysis uses.
 RENAMED = {"comm/bits_up_entropy": "comm/bits_up_alt_code"}
 # Params that do not change what a run computes, only where and how it is recorded.
-UNGROUPED_PREFIXES = ("tracking.", "hydra.")
+UNGROUPED_PREFIXES = ("tracking.", "hydra.", "leaderboard.")
+LEADERBOARD_PREFIX = "params.leaderboard."
 UNGROUPED_KEYS = ("seed", "progress")
 # Params that define the problem a method is run on, as opposed to the method itself.
 PROBLEM_KEYS = ("workers", "batch_size")
@@ -143,7 +150,8 @@ def load_runs(tracking_uri: str, experiments: list[str] | str, *,
                                   float(m.value)))
 
     base = ["run_id", "experiment", "run_name", "status", "start_time", "end_time", "seed",
-            "group", "task_key", "problem", "method_key", "method", "problem_label"]
+            "group", "task_key", "problem", "method_key", "method_id", "method", "role",
+            "short_name", "problem_label"]
     runs = pd.DataFrame(rows) if rows else pd.DataFrame(columns=base)
     history = pd.DataFrame(histories, columns=["run_id", "key", "step", "value"])
     if not history.empty:
@@ -178,6 +186,38 @@ def _run_row(run, experiment_names: dict) -> dict:
     return row
 
 
+def split_params(params: dict) -> tuple[dict, dict, dict, dict]:
+    """A run's params as (grouped, task, problem, method): what makes its configuration (all
+    but the seed and the recording keys), the task's keys, the problem's (task, workers, batch
+    size) and the method's (the rest)."""
+    grouped = {k: v for k, v in params.items() if _is_grouped(k)}
+    task = {k: v for k, v in grouped.items() if k.startswith(TASK_PREFIX)}
+    problem = task | {k: grouped[k] for k in PROBLEM_KEYS if k in grouped}
+    method = {k: v for k, v in grouped.items() if k not in problem}
+    return grouped, task, problem, method
+
+
+def declared(row, key: str, default=None):
+    """A run's `leaderboard.<key>` param, parsed; `default` where the run does not log it (runs
+    from before the key existed)."""
+    v = row.get(LEADERBOARD_PREFIX + key)
+    return parse_value(v) if isinstance(v, str) else default
+
+
+def tuned_keys(row) -> list[str]:
+    """The keys this run's sweep searches, where it declares tuning seeds; else none."""
+    if not declared(row, "tuning_seeds", []):
+        return []
+    keys = declared(row, "tune_keys", ["lr"])
+    return [keys] if isinstance(keys, str) else list(keys or [])
+
+
+def without_keys(params: dict, keys) -> dict:
+    # a tuned key and what the runner derives from it (lr -> lr.resolved) both vary by trial
+    return {k: v for k, v in params.items()
+            if not any(k == t or k.startswith(t + ".") for t in keys)}
+
+
 def _constants(data) -> dict[str, float]:
     """const.<name> for each task constant: logged as the param task/<name> (a run's fact,
     not a curve), or, by runs from before that, as a one-point metric of the same name."""
@@ -191,26 +231,30 @@ def _constants(data) -> dict[str, float]:
 def _add_groups(runs: pd.DataFrame) -> pd.DataFrame:
     runs = runs.copy()
     param_cols = [c for c in runs.columns if c.startswith("params.")]
-    groups, tasks, problems, methods = [], [], [], []
+    groups, tasks, problems, methods, ids, roles, names = [], [], [], [], [], [], []
     method_params: list[dict] = []
     for _, r in runs.iterrows():
         params = {c[len("params."):]: r[c] for c in param_cols if isinstance(r[c], str)}
-        grouped = {k: v for k, v in params.items() if _is_grouped(k)}
-        task = {k: v for k, v in grouped.items() if k.startswith(TASK_PREFIX)}
-        problem = task | {k: grouped[k] for k in PROBLEM_KEYS if k in grouped}
-        method = {k: v for k, v in grouped.items() if k not in problem}
+        grouped, task, problem, method = split_params(params)
         groups.append(r["experiment"] + ":" + _hash(grouped))
         tasks.append(r["experiment"] + ":" + _hash(task))
         problems.append(r["experiment"] + ":" + _hash(problem))
         methods.append(_hash(method))
+        ids.append(_hash(without_keys(method, tuned_keys(r))))
+        roles.append("tuning" if r["seed"] in (declared(r, "tuning_seeds", []) or [])
+                     else "evaluation")
+        name = declared(r, "name")
+        names.append(str(name) if name not in (None, "") else None)
         method_params.append(method)
     runs["group"], runs["task_key"], runs["problem"] = groups, tasks, problems
-    runs["method_key"] = methods
+    runs["method_key"], runs["method_id"], runs["role"] = methods, ids, roles
+    runs["short_name"] = names
     # labels name what varies within an experiment (a key that only differs between two
     # experiments, e.g. their step counts, would clutter every label)
     labels = [""] * len(runs)
     for _, idx in runs.groupby("experiment", sort=False).indices.items():
-        for i, label in zip(idx, method_labels([method_params[i] for i in idx]), strict=True):
+        found = short_labels([method_params[i] for i in idx], [names[i] for i in idx])
+        for i, label in zip(idx, found, strict=True):
             labels[i] = label
     runs["method"] = labels
     runs["problem_label"] = problem_labels(runs)
@@ -221,20 +265,45 @@ def _add_groups(runs: pd.DataFrame) -> pd.DataFrame:
 _LABEL_SKIP = ("lr.resolved", "algorithm.name", "compressor.name")
 
 
-def method_labels(method_params: list[dict]) -> list[str]:
-    """'algorithm/compressor' plus the hyper-parameters that vary among the runs that have them,
-    e.g. 'diana/quant_p p=inf block_size=8'. Keys with one value everywhere are left out."""
+def _extras(params: dict, varying: list[str]) -> list[str]:
+    return [f"{k.split('.', 1)[-1] if '.' in k else k}={params[k]}" for k in varying
+            if k in params]
+
+
+def _varying(method_params: list[dict], skip: tuple[str, ...]) -> list[str]:
     values: dict[str, set] = {}
     for p in method_params:
         for k, v in p.items():
             values.setdefault(k, set()).add(v)
-    varying = sorted(k for k, vs in values.items() if len(vs) > 1 and k not in _LABEL_SKIP)
-    labels = []
-    for p in method_params:
-        name = f"{p.get('algorithm.name', '?')}/{p.get('compressor.name', '?')}"
-        extras = [f"{k.split('.', 1)[-1] if '.' in k else k}={p[k]}" for k in varying if k in p]
-        labels.append(" ".join([name, *extras]))
-    return labels
+    return sorted(k for k, vs in values.items() if len(vs) > 1 and k not in skip)
+
+
+def method_labels(method_params: list[dict]) -> list[str]:
+    """'algorithm/compressor' plus the hyper-parameters that vary among the runs that have them,
+    e.g. 'diana/quant_p p=inf block_size=8'. Keys with one value everywhere are left out."""
+    varying = _varying(method_params, _LABEL_SKIP)
+    return [" ".join([f"{p.get('algorithm.name', '?')}/{p.get('compressor.name', '?')}",
+                      *_extras(p, varying)]) for p in method_params]
+
+
+def short_labels(method_params: list[dict], names: list[str | None]) -> list[str]:
+    """Labels of method configurations: the short name where one is set, followed by the keys
+    that tell apart configurations sharing it ('dqgd_linf', or 'dqgd_linf lr=0.1' among the
+    trials of a tuned sweep); the unnamed ones labelled among themselves by method_labels."""
+    out = [""] * len(method_params)
+    unnamed = [i for i, n in enumerate(names) if n is None]
+    for i, label in zip(unnamed, method_labels([method_params[i] for i in unnamed]),
+                        strict=True):
+        out[i] = label
+    by_name: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        if n is not None:
+            by_name.setdefault(n, []).append(i)
+    for name, idx in by_name.items():
+        varying = _varying([method_params[i] for i in idx], ("lr.resolved",))
+        for i in idx:
+            out[i] = " ".join([name, *_extras(method_params[i], varying)])
+    return out
 
 
 def problem_labels(runs: pd.DataFrame) -> list[str]:

@@ -13,10 +13,10 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from suite import cli_errors, cli_help, provenance
-from suite.config import check_overrides
+from suite.config import check_overrides, method_choice
 from suite.errors import USER_ERRORS, one_line
 from suite.launch import execute_job, is_primary
 from suite.signals import Terminated
@@ -83,10 +83,20 @@ def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None
     return (0 if result.status == "FINISHED" else 1), result
 
 
+def name_method(cfg: DictConfig, choices: dict) -> None:
+    """A preset's method file names the method in reports: leaderboard.name defaults to the
+    option of the preset's method group (`+experiment/dvq_methods=dqgd_linf`). Set here, where
+    Hydra's choices are known, so that the name travels with the config to every rank."""
+    name = method_choice(choices)
+    if name and cfg.get("leaderboard") is not None and cfg.leaderboard.get("name") is None:
+        OmegaConf.update(cfg, "leaderboard.name", name)
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    name_method(cfg, dict(hc.runtime.choices))
     provenance.remember_overrides(list(hc.overrides.task))
     code, result = run_job(cfg, launch_dir=Path(hc.runtime.cwd),
                            output_dir=Path(hc.runtime.output_dir),

@@ -18,31 +18,64 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 RESOLVER = "commsgd_help"
 _KEY = re.compile(r"^([A-Za-z_][\w]*):\s*(.*?)\s*(?:#\s?(.*))?$")
 _MORE = re.compile(r"^\s+#\s?(.*)$")
+_SUBKEY = re.compile(r"^\s+([A-Za-z_][\w]*):\s*(.*?)\s*(?:#\s?(.*))?$")
 _NOT_KEYS = ("defaults", "hydra")
 
 
 def top_level_keys(config: Path = CONF_DIR / "config.yaml") -> list[tuple[str, str, str]]:
     """(key, default as written, its comment) for each top-level key of config.yaml, in file
-    order; a comment continued on the following indented lines is joined to its key's."""
-    keys: list[list[str]] = []
+    order; a comment continued on the following indented lines is joined to its key's. A key
+    that holds a block of keys (`leaderboard:`) has the block as its default, in YAML's flow
+    style, and the comment written above it."""
+    return [(k, d, c) for k, d, c, _ in _parse(config)]
+
+
+def _parse(config: Path) -> list[tuple[str, str, str, list]]:
+    """(key, default, comment, [(sub-key, default, comment)]) per top-level key."""
+    import yaml
+
+    values = yaml.safe_load(config.read_text())
+    keys: list[list] = []
     block = None  # inside `defaults:` or `hydra:`, whose lines are not top-level keys
+    above: list[str] = []  # the comment lines right above the current line
     for line in config.read_text().splitlines():
         m = _KEY.match(line)
         if m:
             block = m.group(1) if m.group(1) in _NOT_KEYS else None
             if block is None:
-                keys.append([m.group(1), m.group(2), m.group(3) or ""])
+                keys.append([m.group(1), m.group(2), m.group(3) or "", [], " ".join(above)])
+            above = []
+            continue
+        if line.startswith("#"):
+            above.append(line.lstrip("#").strip())
+            continue
+        above = []
+        sub = _SUBKEY.match(line)
+        if sub and block is None and keys and keys[-1][1] == "":
+            keys[-1][3].append([sub.group(1), sub.group(2), sub.group(3) or ""])
             continue
         more = _MORE.match(line)
         if more and block is None and keys and line.lstrip().startswith("#"):
-            keys[-1][2] = f"{keys[-1][2]} {more.group(1)}".strip()
-    return [tuple(k) for k in keys]
+            target = keys[-1][3][-1] if keys[-1][3] else keys[-1]
+            target[2] = f"{target[2]} {more.group(1)}".strip()
+    out = []
+    for key, default, comment, subs, written_above in keys:
+        if subs and isinstance(values.get(key), dict):
+            default = yaml.safe_dump(values[key], default_flow_style=True, width=10**6,
+                                     sort_keys=False).strip()
+            comment = comment or written_above.split(";")[0]
+        out.append((key, default, comment, [tuple(s) for s in subs]))
+    return out
 
 
 def help_template() -> str:
     """Hydra's help template (string.Template: `$` is escaped as `$$` in our own text)."""
-    rows = [(f"{k}={v}", c) for k, v, c in top_level_keys()]
-    width = max(len(r[0]) for r in rows)
+    rows = []
+    for key, default, comment, subs in _parse(CONF_DIR / "config.yaml"):
+        rows.append((f"{key}={default}", comment))
+        rows += [(f"  {key}.{k}={v}", c) for k, v, c in subs]
+    # a block's one-line default (leaderboard={...}) is long: it does not set the column
+    width = max(len(r[0]) for r in rows if len(r[0]) <= 40)
     keys = "\n".join(f"  {left.ljust(width)}  {comment}".rstrip() for left, comment in rows)
     text = f"""commsgd-run: communication-efficient distributed SGD, benchmarked (Hydra + MLflow)
 

@@ -23,10 +23,18 @@ ROOT_KEYS = {
     "workers", "batch_size", "steps", "lr", "lr_schedule", "lr_offset", "seed", "eval_every",
     "divergence_threshold", "progress", "warmup_steps", "lr_milestones", "lr_gamma",
     "resume", "checkpoint_every", "checkpoint_path",
-    "task", "algorithm", "compressor", "hardware", "tracking", "experiment",
+    "task", "algorithm", "compressor", "hardware", "tracking", "experiment", "leaderboard",
 }
 LR_SCHEDULES = ("constant", "decaying", "warmup_cosine", "step")
 OPTIONAL_ROOT_KEYS = {"experiment"}  # a preset; every other root key must be there
+# The costs a tuned sweep may minimise on its tuning seeds (leaderboard.tune_by); the report
+# (analysis/tuning.py) reads this tuple, so the list is written once.
+TUNE_COSTS = ("iterations", "bits")
+LEADERBOARD_KEYS = ("name", "targets", "tuning_seeds", "tune_keys", "tune_target", "tune_by")
+# Keys a sweep may not tune: they define the problem or the replicate, or only say where and
+# how a run is recorded.
+UNTUNABLE = ("seed", "workers", "batch_size", "steps")
+UNTUNABLE_PREFIXES = ("task.", "tracking.", "leaderboard.", "hydra.", "hardware.")
 
 
 def _is_int(v) -> bool:
@@ -115,6 +123,8 @@ def check_root(cfg: DictConfig) -> None:
     tracking = cfg.get("tracking")
     if isinstance(tracking, DictConfig) and tracking.get("name") == "mlflow":
         check_tracking(tracking)
+    if cfg.get("leaderboard") is not None:
+        check_leaderboard(cfg)
 
 
 def check_experiment_name(name) -> None:
@@ -153,6 +163,56 @@ def check_overrides(overrides: list[str]) -> None:
             raise ConfigError(f"{key} is set twice on the command line ({seen[key]!r} and "
                               f"{item!r}); give each key once")
         seen[key] = item
+
+
+def _is_level(v) -> bool:
+    return _is_number(v) and 0 < v < 1
+
+
+def check_leaderboard(cfg: DictConfig) -> None:
+    """The `leaderboard` block: what commsgd-report needs to rank a sweep (docs/analysis.md)."""
+    lb = cfg.leaderboard
+    unknown = set(lb.keys()) - set(LEADERBOARD_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s) leaderboard.{sorted(unknown)}; allowed: "
+                          f"{', '.join(LEADERBOARD_KEYS)}")
+    name = lb.get("name")
+    _require(name is None or (isinstance(name, str) and name.strip() != ""), "leaderboard.name",
+             name, "null or a non-empty string")
+    targets = lb.get("targets")
+    if targets is not None:
+        targets = list(targets)
+        _require(bool(targets) and all(_is_level(t) for t in targets)
+                 and len(set(targets)) == len(targets), "leaderboard.targets", targets,
+                 "null or a list of distinct relative levels, each in (0, 1), e.g. [1e-2, 1e-8]")
+    seeds = list(lb.get("tuning_seeds") or [])
+    _require(all(_is_int(s) and s >= 0 for s in seeds) and len(set(seeds)) == len(seeds),
+             "leaderboard.tuning_seeds", seeds, "a list of distinct integers >= 0")
+    keys = list(lb.get("tune_keys") or [])
+    for key in keys:
+        _require(isinstance(key, str) and key not in UNTUNABLE
+                 and not key.startswith(UNTUNABLE_PREFIXES), "leaderboard.tune_keys", key,
+                 f"a method's key (not {', '.join(UNTUNABLE)} or task.*, tracking.*, "
+                 f"hardware.*, leaderboard.*)")
+        _require(OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING,
+                 "leaderboard.tune_keys", key, "a key of this run's config, e.g. lr")
+    tt = lb.get("tune_target")
+    _require(tt is None or _is_level(tt), "leaderboard.tune_target", tt,
+             "null or a relative level in (0, 1)")
+    _require(lb.get("tune_by") in TUNE_COSTS, "leaderboard.tune_by", lb.get("tune_by"),
+             f"one of {', '.join(TUNE_COSTS)}")
+
+
+_MISSING = object()
+
+
+def method_choice(choices: dict) -> str | None:
+    """The short name of the method a preset sweep composed: the option chosen in the preset's
+    own method group (`+experiment/dvq_methods=dqgd_linf` -> 'dqgd_linf'), from Hydra's runtime
+    choices; None when there is no such group, or more than one."""
+    picked = [v for k, v in choices.items()
+              if k.startswith("experiment/") and isinstance(v, str)]
+    return picked[0] if len(picked) == 1 else None
 
 
 def group_kwargs(cfg: DictConfig, group: str) -> tuple[str, dict]:

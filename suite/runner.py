@@ -43,7 +43,7 @@ log = logging.getLogger("commsgd")
 
 # Keys that change where and how a run is recorded, never what it computes.
 UNHASHED_KEYS = ("tracking", "progress", "hydra", "resume", "checkpoint_every",
-                 "checkpoint_path")
+                 "checkpoint_path", "leaderboard")
 
 
 class Diverged(RuntimeError):

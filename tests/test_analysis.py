@@ -4,13 +4,13 @@ MLflow reader on stores holding failed, running and summary runs, and theorem pr
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 
 from analysis import rates
 from analysis.runs import load_runs, parse_value
+from tests.fakes import fake_run as _fake_run
 
 # --------------------------------------------------------------------------- synthetic curves
 
@@ -153,34 +153,6 @@ def test_parse_value_restores_the_logged_python_values():
     assert parse_value("8") == 8 and parse_value("0.05") == 0.05
     assert parse_value("[0.5, 0.75]") == [0.5, 0.75]
     assert parse_value("theory") == "theory" and parse_value("full") == "full"
-
-
-def _fake_run(client, exp_id, *, seed, status, n_steps, params=None, tags=None, constants=True,
-              curve=None):
-    from mlflow.entities import Metric, Param
-
-    run = client.create_run(exp_id, run_name=f"r{seed}-{status}", tags=tags or {})
-    base = {"algorithm.name": "sgd", "compressor.name": "identity", "compressor.width": "32",
-            "workers": "2", "batch_size": "full", "lr": "0.5", "lr.resolved": "0.5",
-            "lr_schedule": "constant", "task.name": "logreg", "task.dataset": "synthetic",
-            "task.split": "iid", "steps": "100", "seed": str(seed),
-            "tracking.uri": "None", "progress": "False"} | (params or {})
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in base.items()])
-    now = int(time.time() * 1000)
-    ms = []
-    if constants:
-        for k, v in {"L": 1.0, "L_max": 1.5, "mu": 0.1, "f_star": 0.3, "zeta_sq": 0.01,
-                     "sigma_sq": 0.2, "dim": 5, "n": 100}.items():
-            ms.append(Metric(f"task/{k}", v, now, 0))
-    for t in range(0, n_steps + 1, 10):
-        value = curve(t, seed) if curve else 0.9**t * (1 + 0.01 * seed)
-        ms.append(Metric("train/suboptimality", value, now, t))
-        ms.append(Metric("comm/bits_up", 160.0 * t, now, t))
-    if ms:
-        client.log_batch(run.info.run_id, metrics=ms)
-    if status != "RUNNING":
-        client.set_terminated(run.info.run_id, status)
-    return run.info.run_id
 
 
 @pytest.fixture(scope="module")
