@@ -141,10 +141,11 @@ def _job_seconds(mode: str, store: Path, steps: int, writer: str = "process") ->
     return seconds
 
 
-def tracking_table(repeats: int = 5, steps: int = 2000) -> str:
+def tracking_seconds(repeats: int = 5, steps: int = 2000) -> dict:
     """The default job with and without tracking, alternated `repeats` times after one warm-up
     job of each kind (imports, matplotlib's font cache, the SQLite store's tables: one-time
-    costs that any store already holding a run has paid). Best of the repeats for each."""
+    costs that any store already holding a run has paid). Best of the repeats for each:
+    {(mode, writer): seconds}."""
     modes = (("none", "process"), ("mlflow", "process"), ("mlflow", "inline"))
     best = dict.fromkeys(modes, float("inf"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,6 +156,11 @@ def tracking_table(repeats: int = 5, steps: int = 2000) -> str:
             for mode, writer in modes:
                 best[mode, writer] = min(best[mode, writer],
                                          _job_seconds(mode, store, steps, writer))
+    return best
+
+
+def tracking_table(repeats: int = 5, steps: int = 2000) -> str:
+    best = tracking_seconds(repeats, steps)
     none = best["none", "process"]
     rows = [["tracking=none", f"{none:.3f}", ""]]
     for writer in ("process", "inline"):
@@ -165,9 +171,10 @@ def tracking_table(repeats: int = 5, steps: int = 2000) -> str:
                   "share of wall time in tracking"], rows)
 
 
-def cli_table(repeats: int = 3, steps: int = 2000) -> str:
+def cli_seconds(repeats: int = 3, steps: int = 2000) -> dict:
     """The same job as a user starts it, `python -m suite ...` in a fresh interpreter: what
-    tracking adds there includes importing MLflow and starting the writer, once per process."""
+    tracking adds there includes importing MLflow and starting the writer, once per process.
+    Best of `repeats` for each: {mode: seconds}."""
     import subprocess
     import sys
 
@@ -182,6 +189,11 @@ def cli_table(repeats: int = 3, steps: int = 2000) -> str:
                                capture_output=True)
                 if attempt:
                     best[mode] = min(best[mode], time.perf_counter() - start)
+    return best
+
+
+def cli_table(repeats: int = 3, steps: int = 2000) -> str:
+    best = cli_seconds(repeats, steps)
     share = 100 * (best["mlflow"] - best["none"]) / best["mlflow"]
     return table([f"`python -m suite steps={steps}`, best of {repeats}", "seconds",
                   "share of wall time in tracking"],
