@@ -121,6 +121,9 @@ def check_root(cfg: DictConfig) -> None:
     _require(path is None or (isinstance(path, str) and path.strip() != ""), "checkpoint_path",
              path, "null or a file path")
     tracking = cfg.get("tracking")
+    if isinstance(tracking, DictConfig):
+        plot = tracking.get("plot", False)
+        _require(isinstance(plot, bool), "tracking.plot", plot, "true or false")
     if isinstance(tracking, DictConfig) and tracking.get("name") == "mlflow":
         check_tracking(tracking)
     if cfg.get("leaderboard") is not None:

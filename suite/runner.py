@@ -3,7 +3,8 @@
     setup   task, compressor, backend, channel, algorithm, step size, tracker
     loop    for t in 0..T−1: state ← algorithm.step(state, t, γ_t); every eval_every steps,
             evaluate off the clock, log in batches, stop if the loss diverged
-    finish  artifacts (curves table, plots, config) and a terminal run status, whatever happened
+    finish  artifacts (curves table, config, a plot if tracking.plot) and a terminal run status,
+            whatever happened
 """
 
 from __future__ import annotations
@@ -470,12 +471,14 @@ def _finish(cfg, run: Run, tracker, out_dir: Path, status: str, reason: str | No
         try:
             (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
             tracker.log_artifact(out_dir / "config.yaml")
-            frame = artifacts.history_frame(tracker.history)
-            if not frame.empty:
-                tracker.log_artifact(artifacts.write_curves(frame, out_dir))
+            table = artifacts.curves(tracker.history)
+            if not table.empty:
+                tracker.log_artifact(artifacts.write_curves(table, out_dir))
+            # a plot is a view, drawn by commsgd-report over the sweep; per run only if asked
+            if not table.empty and cfg.tracking.get("plot", False):
                 title = (f"{run.algo_name} / {cfg.compressor.name}, K={cfg.workers}, "
                          f"seed={cfg.seed}")
-                plot = artifacts.plot_convergence(frame, out_dir, title)
+                plot = artifacts.plot_convergence(table, out_dir, title)
                 if plot is not None:
                     tracker.log_artifact(plot)
         except Exception as exc:  # noqa: BLE001 - a full disk (OSError), a store refusing files

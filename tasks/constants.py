@@ -20,9 +20,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy.special import expit
 
 GRAD_TOL = 1e-10
+
+
+def expit(z):
+    """scipy's logistic sigmoid, imported on first use: a run whose constants are cached never
+    imports scipy (~0.6 s of start-up)."""
+    from scipy.special import expit as logistic
+
+    return logistic(z)
 
 
 def cache_dir() -> Path:

@@ -102,6 +102,7 @@ CATALOGUE = [
     (["tracking.flush_every=-5"], "tracking.flush_every=-5 is not allowed"),
     (["tracking.delivery_timeout_s=abc"], "tracking.delivery_timeout_s='abc' is not allowed"),
     (["tracking.delivery_timeout_s=-1"], "tracking.delivery_timeout_s=-1 is not allowed"),
+    (["tracking.plot=maybe"], "tracking.plot='maybe' is not allowed: true or false"),
     (["~workers"], "workers missing from the config"),
     (["steps=${nope}"], "steps='${nope}' cannot be resolved"),
     (["task.l2=abc"], "task.l2='abc' is not allowed"),

@@ -26,7 +26,7 @@ def all_runs(client, experiment="logreg"):
 
 
 def test_one_run_lands_in_mlflow_as_promised(tmp_path):
-    proc = run_cli("steps=30", *FAST, cwd=tmp_path)
+    proc = run_cli("steps=30", *FAST, "tracking.plot=true", cwd=tmp_path)
     assert "open it with: mlflow ui --backend-store-uri sqlite:///" in proc.stdout
     client = client_for(tmp_path)
     (run,) = all_runs(client)

@@ -189,7 +189,7 @@ SWEEP = ("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0,1,2
 def test_an_interrupted_parallel_sweep_closes_every_run_killed_and_leaves_no_process(
         tmp_path, procs, how):
     db = tmp_path / "mlruns.db"
-    sweep = procs.start(*SWEEP, "steps=100000000", "eval_every=1000",
+    sweep = procs.start(*SWEEP, "steps=100000000", "eval_every=1000", "tracking.plot=true",
                         f"tracking.uri=sqlite:///{db}", cwd=tmp_path)
     wait_until(lambda: training(db, 2), WAIT_S, "two jobs in their training loops")
     if how == "ctrl_c_to_the_group":
@@ -211,7 +211,7 @@ def test_sigkill_of_the_launcher_ends_its_workers_and_resume_runs_each_config_on
     db = tmp_path / "mlruns.db"
     # long enough (seconds per job) that the two jobs seen training are still training when
     # the kill arrives, however busy the machine; the first loss shows at step 500
-    job = ("steps=20000", "eval_every=500", f"tracking.uri=sqlite:///{db}")
+    job = ("steps=20000", "eval_every=500", "tracking.plot=true", f"tracking.uri=sqlite:///{db}")
     sweep = procs.start(*SWEEP, *job, cwd=tmp_path)
     wait_until(lambda: training(db, 2), WAIT_S, "two jobs in their training loops")
     os.kill(sweep.pid, signal.SIGKILL)  # the launcher gets no chance to stop anything
@@ -353,7 +353,8 @@ def test_a_store_locked_when_a_run_starts_costs_a_wait_not_the_run(tmp_path, pro
 @pytest.mark.slow
 def test_sigterm_ends_a_single_run_killed_with_its_artifacts(tmp_path, procs):
     db = tmp_path / "mlruns.db"
-    job = procs.start(*SINGLE, "steps=100000000", f"tracking.uri=sqlite:///{db}", cwd=tmp_path)
+    job = procs.start(*SINGLE, "steps=100000000", "tracking.plot=true",
+                      f"tracking.uri=sqlite:///{db}", cwd=tmp_path)
     (run_id,) = wait_until(lambda: training(db), WAIT_S, "the run in its training loop")
     job.send_signal(signal.SIGTERM)  # what `timeout` and schedulers send
     procs.wait_all_gone(job)

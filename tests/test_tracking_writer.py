@@ -82,7 +82,8 @@ def test_process_and_inline_writers_store_the_same_run(tmp_path, trackers):
     whichever process writes them; the writer has exited when the run returns."""
     stored = {}
     for writer in ("process", "inline"):
-        cfg = make_cfg("tracking=mlflow", f"tracking.writer={writer}", "steps=300", *FAST)
+        cfg = make_cfg("tracking=mlflow", f"tracking.writer={writer}", "tracking.plot=true",
+                       "steps=300", *FAST)
         result = execute(cfg, launch_dir=tmp_path / writer, output_dir=tmp_path / writer / "o")
         assert result.status == "FINISHED"
         client = client_for(tmp_path / writer)
@@ -279,7 +280,7 @@ def test_a_dead_writer_loses_nothing(tmp_path, monkeypatch, trackers):
             wait_for(lambda: gone(trackers[0].pid), 10, "the writer survived SIGKILL")
 
     monkeypatch.setattr(suite.runner, "_check_divergence", kill_the_writer)
-    args = ("tracking=mlflow", f"steps={steps}", *FAST)
+    args = ("tracking=mlflow", "tracking.plot=true", f"steps={steps}", *FAST)
     with pytest.raises(TrackingDeliveryError, match="nothing is lost") as info:
         execute(make_cfg(*args), launch_dir=tmp_path / "killed", output_dir=tmp_path / "out")
     assert evaluations[-1] == steps  # training went on to the end
