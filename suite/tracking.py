@@ -239,6 +239,13 @@ class MlflowTracker(NullTracker):
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.uri, self.experiment_name = uri, experiment
         self.client = open_client(uri)
+        # a local SQLite store takes metric values in plain SQL, ~10x cheaper than the ORM of
+        # MLflow's log_batch (suite/sqlite_metrics.py); other stores get the client's
+        from suite.sqlite_metrics import for_uri
+
+        fast = for_uri(uri)
+        self._log_metric_batch = fast.log_batch if fast else (
+            lambda run_id, metrics: self.client.log_batch(run_id, metrics=metrics))
         self.flush_every = flush_every
         self.fallback_dir = Path(fallback_dir or Path.cwd())
         self.delivery_timeout_s = delivery_timeout_s
@@ -310,11 +317,11 @@ class MlflowTracker(NullTracker):
             chunk = self._buffer[:MAX_METRICS_PER_BATCH]
             try:
                 if patient:
-                    retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk),
+                    retry(lambda chunk=chunk: self._log_metric_batch(self.run_id, chunk),
                           "log_batch")
                 else:
                     with shielded():
-                        self.client.log_batch(self.run_id, metrics=chunk)
+                        self._log_metric_batch(self.run_id, chunk)
             except Exception as exc:
                 if patient:
                     raise
