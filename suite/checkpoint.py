@@ -2,9 +2,9 @@
 
 A checkpoint holds the step, the algorithm's explicit state (parameters, error memories, DIANA
 shifts, delay queues, local models), every per-worker generator's state, the channel's bit
-counters, the timers, the task's own state where it has one (a network's BatchNorm statistics),
-and the MLflow run id. Restoring it and running on gives the same metrics and, on the CPU,
-bit-identical parameters.
+counters, the timers, the backend's collective ledger, the task's own state where it has one
+(a network's BatchNorm statistics), and the MLflow run id. Restoring it and running on gives
+the same metrics and, on the CPU, bit-identical parameters.
 
 Where: `checkpoints/<config_hash>.pt` in the launch directory, so that `resume=true` finds the
 checkpoint of an interrupted job of a sweep without being told; or any file given as
@@ -41,6 +41,7 @@ def save(path: Path, *, run, state, step: int, wall: float, initial_loss: float,
         "compress_streams": run.compress_streams.get_state(),
         "channel": channel.counters() | {"rounds": channel.rounds},
         "stopwatch": dict(run.stopwatch.totals),
+        "ledger": run.backend.ledger.state(),
         "wall": wall,
         "initial_loss": initial_loss,
         "run_id": run_id,
@@ -82,6 +83,8 @@ def restore(payload: dict, run):
     run.channel.load_counters(ch)
     run.channel.rounds = ch["rounds"]
     run.stopwatch.totals.update(payload["stopwatch"])
+    if "ledger" in payload:  # older checkpoints have none: the ledger restarts from zero
+        run.backend.ledger.load(payload["ledger"])
     if payload.get("task_state") is not None:
         run.task.load_state_dict(payload["task_state"])
     return _to_device(payload["state"], device)

@@ -1,8 +1,19 @@
-"""All K workers in one process: every collective is a reduction over dimension 0."""
+"""All K workers in one process: every collective is a reduction over dimension 0.
+
+No bytes move, but the ledger (suite.costmodel.Ledger) records the collectives that the
+distributed backend would perform with one worker per rank (W = K): an all_reduce of the
+[d] partial sum for `mean`, `sum` and identity messages, of the scalar for `max`; for
+compressed messages an all_gather of the int64 size, then one of the longest message's bytes
+(each rank's part is padded to it). The report projects a run onto real links from it.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from suite.costmodel import Ledger
+
+SIZE_BYTES = 8  # the distributed backend's int64 size header, one per message
 
 
 class SimulatedBackend:
@@ -16,22 +27,39 @@ class SimulatedBackend:
         # Bytes handed to collectives; the simulated backend hands none (they are counted by the
         # compressor's accounting only), the distributed one counts real payloads here.
         self.wire_bytes = 0
+        self.ledger = Ledger(num_workers)
+
+    def _reduced(self, x: torch.Tensor) -> int:
+        """Bytes of one rank's partial sum of the [w, ...] tensor x (an all_reduce's input)."""
+        return x[0].numel() * x.element_size()
 
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over all K workers of a [w, d] tensor."""
+        self.ledger.add("all_reduce", self._reduced(x))
         return x.mean(0)
 
     def max(self, x: torch.Tensor) -> torch.Tensor:
         """Max over all K workers of a [w] tensor."""
+        self.ledger.add("all_reduce", x.element_size())
         return x.max()
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over all K workers of a [w, ...] tensor."""
+        self.ledger.add("all_reduce", self._reduced(x))
         return x.sum(0)
 
     def mean_of_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
         """Mean of every worker's decoded message. In one process the decoded [K, d] batch is
         already here; the distributed backend ships `compressor.encode(payload)` instead."""
+        if compressor.is_identity:
+            self.ledger.add("all_reduce", self._reduced(decoded))
+        else:
+            fixed = compressor.fixed_bits(decoded.shape[1]) \
+                if compressor.fixed_bits is not None else None
+            longest = (fixed + 7) // 8 if fixed is not None else \
+                ((compressor.bits(payload) + 7) // 8).max()  # a 0-d tensor: summed lazily
+            self.ledger.add("all_gather", SIZE_BYTES)
+            self.ledger.add("all_gather", longest)
         return decoded.mean(0)
 
     def max_over_ranks(self, values: list[float]) -> list[float]:
