@@ -262,7 +262,8 @@ def fit(samples: Iterable[tuple[str, float, int, float]], shared: bool) -> Fit:
       fraction of a millisecond and one descheduled rank adds several (a shared machine).
 
     The two depend on each other a little (α enters the bandwidth side's residuals, γ the
-    latency side's); alternating three times settles both to well below their noise."""
+    latency side's), so the two steps alternate until α settles (a contraction: α moves γ by
+    α·Σqr/Σq², a fraction of a per cent of it)."""
     rows = [(rounds(k, W), queued_bytes(k, n, W, shared), t) for k, n, W, t in samples]
     if any(not t > 0 for *_, t in rows):
         raise ValueError("fit needs positive times")
@@ -273,11 +274,14 @@ def fit(samples: Iterable[tuple[str, float, int, float]], shared: bool) -> Fit:
     if len(big) < 2 or len({q for _, q, _ in big}) < 2:
         raise ValueError("fit needs samples of at least two sizes near the largest")
     alpha = 0.0
-    for _ in range(3):
+    for _ in range(100):
         gamma = sum(q * (t - r * alpha) for r, q, t in big) / sum(q * q for _, q, _ in big)
         if not gamma > 0:
             raise ValueError("fit gave a non-positive 1/β: the times do not grow with size")
+        previous = alpha
         alpha = max(0.0, _median([(t - q * gamma) / r for r, q, t in small])) if small else 0.0
+        if abs(alpha - previous) <= 1e-15 + 1e-13 * alpha:
+            break
     errors = [abs(r * alpha + q * gamma - t) / t for r, q, t in rows]
     bound = [abs(r * alpha + q * gamma - t) / t for r, q, t in big]
     return Fit(alpha, 1.0 / gamma, _median(errors), max(errors), _median(bound), max(bound),

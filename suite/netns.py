@@ -170,6 +170,12 @@ class ShapedLoopback:
         made meanwhile belong to it), then back where it was."""
         if self._fd is None:
             raise RuntimeError("the namespace was closed")
+        # multiprocessing starts its resource tracker with the first process it spawns, and
+        # the tracker lives as long as this process: started in here, it would hold the
+        # namespace for good. Start it (if it is not running) out here.
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
         back = os.open(NS_PATH, os.O_RDONLY | os.O_CLOEXEC)
         try:
             _setns(self._fd)
