@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
