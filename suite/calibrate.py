@@ -87,33 +87,41 @@ def _rank(rank: int, world_size: int, port: int, sizes: list[int], reps: int,
     dist.destroy_process_group()
 
 
-def measure(rate: str, *, world_size: int, mtu: int, reps: int,
-            sizes: list[int] | None = None) -> dict:
-    """The samples of one rate (ranks in a shaped namespace), with their fit."""
+def run_shaped(spec: links.LinkSpec, target, args: tuple, world_size: int,
+               timeout_s: float = 900) -> None:
+    """target(rank, world_size, port, *args) on `world_size` ranks (spawned) in a fresh
+    network namespace shaped as `spec` says, the rendezvous store in there too; waits."""
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
-    spec = links.link_spec({"link": {"rate": rate, "mtu": mtu}})
-    sizes = sizes or size_ladder(spec.rate_bps)
     ns = links.open_namespace(spec)
-    out = Path(tempfile.mkdtemp(prefix="commsgd-calibrate-")) / "samples.json"
     try:
         with ns.entered():
             store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
                                   timeout=timedelta(seconds=120))
-            ctx = mp.start_processes(_rank, args=(world_size, store.port, sizes, reps,
-                                                  str(out)),
+            ctx = mp.start_processes(target, args=(world_size, store.port, *args),
                                      nprocs=world_size, join=False, start_method="spawn")
         try:
-            while not ctx.join(timeout=600):
-                pass
+            deadline = time.monotonic() + timeout_s
+            while not ctx.join(timeout=5):  # a rank that raised raises here
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the ranks did not finish within {timeout_s:g} s")
         finally:
             for p in ctx.processes:
                 if p.is_alive():
                     p.kill()
-        del store
+            del store
     finally:
         ns.close()
+
+
+def measure(rate: str, *, world_size: int, mtu: int, reps: int,
+            sizes: list[int] | None = None) -> dict:
+    """The samples of one rate (ranks in a shaped namespace), with their fit."""
+    spec = links.link_spec({"link": {"rate": rate, "mtu": mtu}})
+    sizes = sizes or size_ladder(spec.rate_bps)
+    out = Path(tempfile.mkdtemp(prefix="commsgd-calibrate-")) / "samples.json"
+    run_shaped(spec, _rank, (sizes, reps, str(out)), world_size)
     data = json.loads(out.read_text())
     f = costmodel.fit([(s["kind"], s["bytes"], world_size, s["seconds"])
                        for s in data["samples"]], shared=True)

@@ -92,8 +92,8 @@ class Link:
 def rate_label(rate_bps: float) -> str:
     for unit, scale in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
         if rate_bps >= scale:
-            return f"{rate_bps / scale:g} {unit}"
-    return f"{rate_bps:g} bit/s"
+            return f"{rate_bps / scale:.3g} {unit}"
+    return f"{rate_bps:.3g} bit/s"
 
 
 def _check(kind: str, world_size: int) -> None:
