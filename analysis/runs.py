@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from suite.costmodel import LEDGER_KEYS
+
 # Metrics the analysis reads. train/lr is logged every step and is not needed for any fit, so it
 # is skipped by default: it is the largest history by far.
 DEFAULT_KEYS = (
     "train/loss", "train/suboptimality", "train/grad_norm_sq", "test/loss", "test/accuracy",
     "comm/bits_up", "comm/bits_up_entropy", "comm/bits_down", "comm/rounds",
     "time/compute_s", "time/compress_s", "time/comm_s", "time/wall_s",
-)
+) + LEDGER_KEYS  # the step's collectives, for the projection onto links (analysis/projection)
 REPORT_TAG = "commsgd.report"
 # Params that do not change what a run computes, only where and how it is recorded.
 UNGROUPED_PREFIXES = ("tracking.", "hydra.")
