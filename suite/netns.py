@@ -194,7 +194,8 @@ class ShapedLoopback:
             self._fd = None
 
     def __del__(self):  # a launcher that failed between create and close
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit `os` may be gone already
+            self.close()
 
     @property
     def name(self) -> str:

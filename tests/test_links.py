@@ -24,13 +24,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from suite import costmodel, links, netns
 from suite.netns import LinkUnavailable, ShapedLoopback
 from tests.conftest import ROOT, make_cfg
+from tests.test_distributed import assert_gone, launched_pids, logged_a_step
 
 
 def _probe(**kwargs) -> str | None:
@@ -53,30 +53,13 @@ STEPS = 10
 JOB = ("hardware=multi_cpu", "workers=2", f"steps={STEPS}", f"eval_every={STEPS // 2}",
        "task.dataset=synthetic", "task.n_samples=64", f"task.dim={D}", "hardware.timeout_s=30")
 SHAPED = ("hardware.link.rate=100mbit",)
-RANKS_LINE = r"started \d+ ranks .*pids ([\d ]+)"
 NS_LINE = r"network namespace net:\[(\d+)\]"
-
-
-def _pids(text: str) -> list[int]:
-    found = [int(p) for line in re.findall(RANKS_LINE, text) for p in line.split()]
-    assert found, text
-    return found
 
 
 def _inode(text: str) -> int:
     m = re.search(NS_LINE, text)
     assert m, text
     return int(m.group(1))
-
-
-def _assert_gone(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().split(") ")[1][0]
-        except OSError:
-            continue  # gone
-        assert state == "Z", f"rank process {pid} is still running"  # a zombie holds nothing
 
 
 def _quiet_plots(monkeypatch):
@@ -109,7 +92,7 @@ def test_a_100mbit_link_makes_the_dense_all_reduce_as_slow_as_the_model_says(
     measured = m["time/comm_per_step_s"]
     assert abs(measured / model - 1) < 0.25, (measured, model)
     assert netns.holders(_inode(err)) == []  # gone with the job, this process still alive
-    _assert_gone(_pids(err))
+    assert_gone(launched_pids(err))
 
     plain = execute_job(make_cfg(*JOB), launch_dir=tmp_path, output_dir=tmp_path / "plain")
     err = capfd.readouterr().err
@@ -136,7 +119,7 @@ def test_the_namespace_is_gone_and_no_rank_left_after_a_rank_dies(tmp_path, capf
     # this process, the launcher, is still alive: its descriptor, store and server thread
     # are the namespace's last holders, and they must be gone
     assert netns.holders(_inode(err)) == []
-    _assert_gone(_pids(err))
+    assert_gone(launched_pids(err))
 
 
 DRIVER = textwrap.dedent("""
@@ -163,15 +146,6 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _logged_a_step(db: Path) -> bool:
-    try:
-        with sqlite3.connect(db) as con:
-            return bool(con.execute("select count(*) from metrics where key='train/loss' "
-                                    "and step > 0").fetchone()[0])
-    except sqlite3.Error:
-        return False
-
-
 @slow
 @needs_shaping
 def test_ctrl_c_ends_the_job_and_leaves_no_namespace_and_no_rank(tmp_path):
@@ -187,11 +161,11 @@ def test_ctrl_c_ends_the_job_and_leaves_no_namespace_and_no_rank(tmp_path):
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not _logged_a_step(db):  # the ranks are in the training loop
+        while not logged_a_step(tmp_path):  # the ranks are in the training loop
             assert proc.poll() is None, err.read_text()
             assert time.monotonic() < deadline, "the job never logged a step"
             time.sleep(0.5)
-        pids = _pids(err.read_text())
+        pids = launched_pids(err.read_text())
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -201,7 +175,7 @@ def test_ctrl_c_ends_the_job_and_leaves_no_namespace_and_no_rank(tmp_path):
     assert report["holders"] == [], report  # gone while the launcher was still alive
     assert report["inode"] == _inode(err.read_text())
     assert netns.holders(report["inode"]) == []
-    _assert_gone(pids)
+    assert_gone(pids)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
