@@ -6,11 +6,11 @@
 For each rate, W ranks in a fresh network namespace whose loopback is shaped to it (as
 `hardware.link.rate` runs a job: suite/netns.py) time all_reduce and all_gather of float32
 tensors over a ladder of sizes, from 1 KB to what the link carries in LONGEST_S. One sample is
-the median over `--reps` of: barrier, collective, barrier, on rank 0, minus the median of an
-empty barrier-to-barrier (the trailing barrier is there because a collective can return on
-one rank while its own bytes are still on the way to another; the barrier's messages queue
-behind them). α and β are then fitted to all samples of the rate by least squares on the
-relative error (costmodel.fit), and the table sets each sample beside the fitted model.
+the median over `--reps` of the collective's time from a barrier on the rank that finished
+last (a collective can return on one rank while that rank's own bytes are still on the way
+to another). α and β are fitted to all samples of the rate (costmodel.fit: β on the large
+ones, α on the small), and the table sets each sample beside the fitted model; the median
+time of a barrier alone (two messages a rank) is recorded beside them, as a check on α.
 
 The fit is printed, written as JSON (--out), and logged to MLflow (experiment `calibration`
 unless --experiment says otherwise, tag commsgd.calibration=true), where `commsgd-report`
@@ -63,15 +63,19 @@ def _rank(rank: int, world_size: int, port: int, sizes: list[int], reps: int,
                             timeout=timedelta(seconds=120))
 
     def timed(fn) -> float:
+        """fn's time on the rank that finished last, from a barrier: a collective can return
+        on one rank while its own bytes are still on the way to another, so the last rank's
+        time is the collective's."""
         dist.barrier()
         start = time.perf_counter()
         fn()
-        dist.barrier()
-        return time.perf_counter() - start
+        elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        return float(elapsed)
 
     for _ in range(3):  # warm-up: connections, buffers
         timed(lambda: None)
-    barrier = statistics.median(timed(lambda: None) for _ in range(max(reps, 5)))
+    barrier = statistics.median(timed(dist.barrier) for _ in range(max(reps, 5)))
     samples = []
     for nbytes in sizes:
         x = torch.ones(nbytes // 4)
@@ -80,8 +84,8 @@ def _rank(rank: int, world_size: int, port: int, sizes: list[int], reps: int,
                "all_gather": lambda x=x, parts=parts: dist.all_gather(parts, x)}
         for kind in KINDS:
             ops[kind]()  # warm-up at this size
-            t = statistics.median(timed(ops[kind]) for _ in range(reps)) - barrier
-            samples.append({"kind": kind, "bytes": nbytes, "seconds": max(t, 1e-9)})
+            t = statistics.median(timed(ops[kind]) for _ in range(reps))
+            samples.append({"kind": kind, "bytes": nbytes, "seconds": t})
     if rank == 0:
         Path(out).write_text(json.dumps({"barrier_s": barrier, "samples": samples}))
     dist.destroy_process_group()

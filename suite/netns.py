@@ -43,8 +43,9 @@ NS_PATH = "/proc/thread-self/ns/net"  # the calling thread's (not the process's)
 TOOLS = ("ip", "tc")
 # tbf needs a bucket that holds at least the bytes arriving between two of its timer ticks;
 # a larger one lets an idle link pass that much at loopback speed, which makes messages
-# smaller than the bucket faster than the link. 2 ms of the rate, at least 32 KiB: measured
-# full rate here at 100 Mbit/s and 1 Gbit/s (docs/distributed.md).
+# smaller than the bucket faster than the link. 2 ms of the rate, at least 32 KiB, keeps the
+# full rate at 100 Mbit/s and 1 Gbit/s on a loaded 2-core machine; 0.5 ms (62.5 kB at 1 Gbit/s)
+# fell to 40% of it there (docs/performance.md, "Shaped links").
 BURST_S, MIN_BURST_BYTES = 2e-3, 32 * 1024
 QUEUE_LATENCY = "100ms"  # tbf's queue: packets waiting longer than this are dropped
 TC_TIMEOUT_S = 10.0
