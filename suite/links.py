@@ -28,10 +28,12 @@ RATE_UNITS = {"bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}
 DELAY_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 KEYS = ("rate", "delay", "mtu", "alpha_s")
 MTU_RANGE = (576, 65536)  # 576: the IPv4 datagram every host must accept
-# Seconds per message (one round of a ring collective) on the shaped loopback of this
-# development machine: gloo's and TCP's software cost, fitted by
-#   commsgd-calibrate --rate 100mbit --rate 1gbit      (docs/performance.md)
-DEFAULT_ALPHA_S = 2e-4
+# Seconds per message (one round of a ring collective) on the shaped loopback of the 2-core
+# development machine: gloo's and TCP's software cost. The median of the α that
+# `commsgd-calibrate` (100mbit and 1gbit) fitted in a dozen runs there, which spread from 0 to
+# 570 µs with the machine's load (docs/performance.md, "Shaped links"): a constant, so that a
+# run's projection does not depend on the store it is logged to.
+DEFAULT_ALPHA_S = 2.5e-4
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 
 
