@@ -271,3 +271,62 @@ def test_a_delay_needs_netem_and_where_there_is_one_it_adds_to_every_round(tmp_p
     assert r.final["time/comm_per_step_s"] > 2 * 5e-3
     assert r.final["time/comm_projected_per_step_s"] > 2 * 5e-3
     assert netns.holders(_inode(capfd.readouterr().err)) == []
+
+
+def test_the_tc_commands_follow_tc_tbf_and_tc_netem():
+    """What a link asks tc for (the netem form cannot run on a kernel without netem, so its
+    commands are checked here as text, against tc-netem(8)'s netem-root, tbf-child recipe)."""
+    assert netns.shaping_commands(1e8, None, 1500) == [
+        ["ip", "link", "set", "lo", "up", "mtu", "1500"],
+        ["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "100000000bit",
+         "burst", "32768", "latency", "100ms"]]
+    cmds = netns.shaping_commands(1e9, 0.02, 9000)
+    assert cmds[1] == ["tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "netem",
+                       "delay", "20000us", "limit", "1111"]  # 4 × 1e9/8 × 0.02 / 9000
+    assert cmds[2] == ["tc", "qdisc", "add", "dev", "lo", "parent", "1:1", "handle", "10:",
+                       "tbf", "rate", "1000000000bit", "burst", "250000", "latency", "100ms"]
+    assert netns.shaping_commands(None, 0.001, 1500)[1][-2:] == ["limit", "100000"]
+
+
+def test_calibrate_refuses_bad_arguments_in_one_line(capsys):
+    from suite.calibrate import main
+
+    assert main(["--rate", "fast", "--no-log"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "commsgd-calibrate: --rate='fast': a positive number with a unit (bit, kbit, mbit, "
+        "gbit), e.g. 100mbit, 1gbit; or null")
+    with pytest.raises(SystemExit) as exited:
+        main(["--world-size", "1"])
+    assert exited.value.code == 2
+    assert "--world-size=1: at least 2 ranks" in capsys.readouterr().err
+
+
+@slow
+@needs_shaping
+def test_a_calibration_fits_the_shaped_link_and_the_report_reads_it_back(tmp_path):
+    from analysis.projection import latest_calibration
+    from suite import calibrate
+
+    sizes = [100_000, 300_000, 1_000_000]  # at 100 Mbit/s: 17 to 170 ms an all_reduce
+    r = calibrate.measure("100mbit", world_size=2, mtu=1500, reps=3, sizes=sizes)
+    assert [(s["kind"], s["bytes"]) for s in r["samples"]] == [
+        (k, n) for n in sizes for k in calibrate.KINDS]
+    fit = costmodel.fit([(s["kind"], s["bytes"], 2, s["seconds"]) for s in r["samples"]],
+                        shared=True)
+    assert (r["alpha_s"], r["bytes_per_s"]) == (fit.alpha_s, fit.bytes_per_s)
+    for s in r["samples"]:
+        assert s["model_s"] == fit.predict(s["kind"], s["bytes"], 2, shared=True)
+    # the shaped link, not the loopback beneath it (which moves GB/s): at most its rate, and
+    # the framing model's β within a factor the machine's load cannot explain away
+    framing = costmodel.Link.shaped_loopback(1e8, alpha_s=0).bytes_per_s
+    assert 0.3 * framing < r["bytes_per_s"] < 1.1 * framing, r["bytes_per_s"]
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    path = tmp_path / "calibration.json"
+    path.write_text("{}")
+    run_id = calibrate.log_run(uri, costmodel.CALIBRATION_EXPERIMENT, [r], path)
+    cal = latest_calibration(uri)
+    assert cal.run_id == run_id and (cal.world_size, cal.mtu) == (2, 1500)
+    assert cal.alpha_s == pytest.approx(r["alpha_s"], rel=1e-12, abs=1e-15)
+    assert cal.rates["100mbit"]["bytes_per_s"] == pytest.approx(r["bytes_per_s"], rel=1e-12)
+    assert cal.overall["median_rel_error"] == pytest.approx(
+        calibrate.summary([r])["median_rel_error"], rel=1e-12)
