@@ -33,7 +33,10 @@ bench: $(BIN)/.stamp
 report: $(BIN)/.stamp
 	$(BIN)/commsgd-report --out reports/latest
 
+# MLflow 3's UI opens experiments on its GenAI overview; the links printed first open each
+# experiment's runs table (its machine-learning view), and every run's summary prints its page.
 mlflow-ui: $(BIN)/.stamp
+	$(BIN)/python -m suite.tracking links --tracking-uri sqlite:///$(CURDIR)/mlruns.db --ui http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns.db --host 127.0.0.1 --port 5000
 
 # A tracking server for sweeps with parallel jobs or several machines. The backend store is any

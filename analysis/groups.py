@@ -67,7 +67,7 @@ class Group:
     method: str
     method_key: str
     params: dict  # parsed params of the group (seed left out)
-    constants: dict  # task constants (task/<name> logged at step 0)
+    constants: dict  # task constants (params task/<name>; metrics in older runs)
     run_ids: list[str]
     statuses: dict  # status -> count
     diverged: int

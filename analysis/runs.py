@@ -3,7 +3,7 @@
     runs = load_runs("sqlite:///$PWD/mlruns.db", ["diana_vs_quantized"])
     runs.runs      one row per run: run_id, experiment, run_name, status, start_time, end_time,
                    seed, group, task_key, problem, method, params.<key>, tags.<key>,
-                   const.<name> (the task constants logged as task/<name> at step 0) and
+                   const.<name> (the task constants, params task/<name>) and
                    final.<metric> (the last logged value of each metric)
     runs.history   one long frame of metric histories: run_id, key, step, value
 
@@ -35,10 +35,14 @@ from suite.costmodel import LEDGER_KEYS
 # is skipped by default: it is the largest history by far.
 DEFAULT_KEYS = (
     "train/loss", "train/suboptimality", "train/grad_norm_sq", "test/loss", "test/accuracy",
-    "comm/bits_up", "comm/bits_up_entropy", "comm/bits_down", "comm/rounds",
+    "comm/bits_up", "comm/bits_up_total", "comm/bits_up_alt_code", "comm/bits_up_entropy",
+    "comm/bits_down", "comm/rounds",
     "time/compute_s", "time/compress_s", "time/comm_s", "time/wall_s",
 ) + LEDGER_KEYS  # the step's collectives, for the projection onto links (analysis/projection)
 REPORT_TAG = "commsgd.report"
+CONSTANT_PREFIX = "task/"  # the task constants: params task/<name> (metrics in older runs)
+# Metrics renamed since older runs logged them: old name -> the name the analysis uses.
+RENAMED = {"comm/bits_up_entropy": "comm/bits_up_alt_code"}
 # Params that do not change what a run computes, only where and how it is recorded.
 UNGROUPED_PREFIXES = ("tracking.", "hydra.")
 UNGROUPED_KEYS = ("seed", "progress")
@@ -132,12 +136,13 @@ def load_runs(tracking_uri: str, experiments: list[str] | str, *,
             skipped += 1
             continue
         rows.append(_run_row(run, names))
-        metric_keys = [k for k in run.data.metrics if not k.startswith("task/")]
+        metric_keys = [k for k in run.data.metrics if not k.startswith(CONSTANT_PREFIX)]
         if keys is not None:
             metric_keys = [k for k in metric_keys if k in keys]
         for key in metric_keys:
             for m in client.get_metric_history(run.info.run_id, key):
-                histories.append((run.info.run_id, key, int(m.step), float(m.value)))
+                histories.append((run.info.run_id, RENAMED.get(key, key), int(m.step),
+                                  float(m.value)))
 
     base = ["run_id", "experiment", "run_name", "status", "start_time", "end_time", "seed",
             "group", "task_key", "problem", "method_key", "method", "problem_label"]
@@ -163,16 +168,26 @@ def _run_row(run, experiment_names: dict) -> dict:
         "end_time": (pd.to_datetime(info.end_time, unit="ms", utc=True)
                      if info.end_time else pd.NaT),
     }
-    row.update({f"params.{k}": v for k, v in data.params.items()})
+    row.update({f"params.{k}": v for k, v in data.params.items()
+                if not k.startswith(CONSTANT_PREFIX)})
     row.update({f"tags.{k}": v for k, v in data.tags.items()})
+    row.update(_constants(data))
     for k, v in data.metrics.items():
-        if k.startswith("task/"):
-            row[f"const.{k[len('task/'):]}"] = v
-        else:
-            row[f"final.{k}"] = v
+        if not k.startswith(CONSTANT_PREFIX):
+            row[f"final.{RENAMED.get(k, k)}"] = v
     seed = parse_value(data.params.get("seed", "0"))
     row["seed"] = seed if isinstance(seed, int) else 0
     return row
+
+
+def _constants(data) -> dict[str, float]:
+    """const.<name> for each task constant: logged as the param task/<name> (a run's fact,
+    not a curve), or, by runs from before that, as a one-point metric of the same name."""
+    out = {f"const.{k[len(CONSTANT_PREFIX):]}": v for k, v in data.metrics.items()
+           if k.startswith(CONSTANT_PREFIX)}
+    out.update({f"const.{k[len(CONSTANT_PREFIX):]}": float(v) for k, v in data.params.items()
+                if k.startswith(CONSTANT_PREFIX)})
+    return out
 
 
 def _add_groups(runs: pd.DataFrame) -> pd.DataFrame:
@@ -228,7 +243,12 @@ def problem_labels(runs: pd.DataFrame) -> list[str]:
     """'<experiment>: dataset=..., split=..., K=..., b=...' with the task keys that matter."""
     out = []
     for _, r in runs.iterrows():
-        parts = [f"{r.get('params.task.dataset', '?')}", f"split={r.get('params.task.split', '?')}"]
+        path = r.get("params.task.path")  # a user's own file (task.path) is the data set
+        dataset = (path.rsplit("/", 1)[-1] if isinstance(path, str) and path != "None"
+                   else r.get("params.task.dataset"))
+        if not isinstance(dataset, str):  # a task without data sets (a plugin's): its name
+            dataset = r.get("params.task.name", "?")
+        parts = [f"{dataset}", f"split={r.get('params.task.split', '?')}"]
         l2 = r.get("params.task.l2")
         if isinstance(l2, str) and l2 != "None":
             parts.append(f"l2={l2}")

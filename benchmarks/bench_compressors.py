@@ -2,6 +2,7 @@
 
     python benchmarks/bench_compressors.py           # [1, 25M] and [16, 1M] float32
     python benchmarks/bench_compressors.py --quick   # [1, 2.5M] and [16, 100k]
+    python benchmarks/bench_compressors.py --shapes 16x300 --only qsgd,quant_p,terngrad
 
 Throughput is input bytes / seconds (best of `--reps` timed runs after one warm-up, so page
 faults and allocator growth are not counted). The reference is `x.clone()` of the same tensor in
@@ -69,6 +70,10 @@ def main() -> None:
                     help="wall-clock time, or the process's CPU time (user + system, all "
                          "threads), which other jobs on a shared machine disturb less")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated WxD shapes instead of the defaults (e.g. 16x300, the "
+                         "simulator's size, where fixed per-call costs dominate)")
+    ap.add_argument("--only", default=None, help="comma-separated compressor names to time")
     args = ap.parse_args()
     global clock
     clock = CLOCKS[args.clock]
@@ -77,10 +82,14 @@ def main() -> None:
 
     scale = 10 if args.quick else 1
     shapes = [(1, 25_000_000 // scale), (16, 1_000_000 // scale)]
+    if args.shapes:
+        shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
+    variants = VARIANTS if args.only is None else [
+        v for v in VARIANTS if v[0] in args.only.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32 input, "
           f"{args.clock} clock, best of {args.reps} after a warm-up")
     header = ("| compressor | shape | compress+decompress GB/s | ratio to clone | encode GB/s "
-              "| decode GB/s | bits/coord |")
+              "| decode GB/s | bits/coord | µs per call |")
     for w, d in shapes:
         x = torch.randn(w, d, generator=torch.Generator().manual_seed(0))
         nbytes = x.numel() * x.element_size()
@@ -94,8 +103,8 @@ def main() -> None:
               f"uniform draws alone {nbytes / t_uniform / 1e9:.2f} GB/s "
               f"({t_clone / t_uniform:.2f} of clone)\n")
         print(header)
-        print("|---|---|---:|---:|---:|---:|---:|")
-        for name, hp in VARIANTS:
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for name, hp in variants:
             c = build_compressor(name, **hp)
             streams = WorkerStreams(0, "bench", list(range(w)))
 
@@ -116,7 +125,7 @@ def main() -> None:
             ratio = (nbytes / t / 1e9) / clone_gbs
             flag = "" if round(ratio, 2) >= TARGET else " (below 20%)"
             print(f"| {label(name, hp)} | [{w}, {d:_}] | {nbytes / t / 1e9:.2f} | "
-                  f"{ratio:.2f}{flag} | {enc} | {dec} | {bits:.3f} |", flush=True)
+                  f"{ratio:.2f}{flag} | {enc} | {dec} | {bits:.3f} | {t * 1e6:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

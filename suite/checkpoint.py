@@ -2,9 +2,10 @@
 
 A checkpoint holds the step, the algorithm's explicit state (parameters, error memories, DIANA
 shifts, delay queues, local models), every per-worker generator's state, the channel's bit
-counters, the timers, the backend's collective ledger, the task's own state where it has one
-(a network's BatchNorm statistics), and the MLflow run id. Restoring it and running on gives
-the same metrics and, on the CPU, bit-identical parameters.
+counters, its schemes' states (per lane) and shared streams, the timers, the backend's
+collective ledger, the task's own state where it has one (a network's BatchNorm statistics),
+and the MLflow run id. Restoring it and running on gives the same metrics and, on the CPU,
+bit-identical parameters.
 
 Where: `checkpoints/<config_hash>.pt` in the launch directory, so that `resume=true` finds the
 checkpoint of an interrupted job of a sweep without being told; or any file given as
@@ -21,7 +22,10 @@ import torch
 
 from suite.config import ConfigError
 
-FORMAT_VERSION = 2  # 2: one shared sampling stream (suite.rng.SharedStream)
+FORMAT_VERSION = 3  # 2: one shared sampling stream (suite.rng.SharedStream); 3: scheme states
+# Format 2 differs only by holding no scheme states: every scheme then was a stateless
+# compressor, whose restored run is the same without them.
+READABLE_FORMATS = (2, 3)
 
 
 def default_path(launch_dir: Path, config_hash: str) -> Path:
@@ -40,6 +44,7 @@ def save(path: Path, *, run, state, step: int, wall: float, initial_loss: float,
         "sample_streams": run.sample_streams.get_state(),
         "compress_streams": run.compress_streams.get_state(),
         "channel": channel.counters() | {"rounds": channel.rounds},
+        "comm": channel.scheme_state(),
         "stopwatch": dict(run.stopwatch.totals),
         "ledger": run.backend.ledger.state(),
         "wall": wall,
@@ -62,7 +67,7 @@ def load(path: Path, *, config_hash: str) -> dict:
     except Exception as exc:
         raise ConfigError(f"checkpoint_path={str(path)!r} is not a readable checkpoint "
                           f"({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or payload.get("format") not in READABLE_FORMATS:
         raise ConfigError(f"checkpoint_path={str(path)!r} is not a commsgd checkpoint "
                           f"(format {FORMAT_VERSION})")
     if payload["config_hash"] != config_hash:
@@ -82,6 +87,10 @@ def restore(payload: dict, run):
     ch = payload["channel"]
     run.channel.load_counters(ch)
     run.channel.rounds = ch["rounds"]
+    if payload.get("comm") is not None:
+        comm = payload["comm"]
+        lanes = {name: _to_device(states, device) for name, states in comm["lanes"].items()}
+        run.channel.load_scheme_state(comm | {"lanes": lanes})
     run.stopwatch.totals.update(payload["stopwatch"])
     if "ledger" in payload:  # older checkpoints have none: the ledger restarts from zero
         run.backend.ledger.load(payload["ledger"])

@@ -15,26 +15,23 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from suite.algorithms import ConfigurationError
-from suite.compressors import CompressorError
-from suite.config import ConfigError
-from suite.tracking import TrackingDeliveryError, TrackingUnavailable
-from tasks.libsvm import DatasetChecksumError, DatasetFormatError, DatasetUnavailableError
+from suite import cli_errors, cli_help, provenance
+from suite.errors import USER_ERRORS, one_line
+from suite.launch import execute_job, is_primary
+from suite.tracking import run_url
 
-# Errors a user can fix from the message alone: printed as one line, no traceback.
-USER_ERRORS = (ConfigError, ConfigurationError, CompressorError, TrackingUnavailable,
-               TrackingDeliveryError, DatasetUnavailableError, DatasetChecksumError,
-               DatasetFormatError)
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The package's own config files (suite/conf: in a checkout a link to the repository's conf/,
+# in an installed package a copy of it), so commsgd-run composes the same config anywhere.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 log = logging.getLogger("commsgd")
+cli_help.register()  # `--help` (conf/hydra/help/commsgd.yaml) asks for ${commsgd_help:}
 
 
 def summary(result, cfg) -> str:
     lines = [f"commsgd: run {result.status.lower()}"
              + (f" ({result.reason})" if result.reason else "")]
     shown = ("train/loss", "train/suboptimality", "test/accuracy", "comm/bits_up",
-             "comm/bits_down", "time/wall_s")
+             "comm/bits_up_total", "comm/bits_down", "time/wall_s")
     for key in shown:
         if key in result.final:
             lines.append(f"  {key:<22} {result.final[key]:.6g}")
@@ -47,6 +44,9 @@ def summary(result, cfg) -> str:
         lines.append(f"  experiment '{result.experiment}', run {result.run_id}")
         if result.tracking_uri.startswith("sqlite:"):
             lines.append(f"  open it with: mlflow ui --backend-store-uri {result.tracking_uri}")
+        if result.experiment_id is not None:
+            page = run_url(result.tracking_uri, result.experiment_id, result.run_id)
+            lines.append(f"  run page: {page}")
     return "\n".join(lines)
 
 
@@ -57,17 +57,15 @@ def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None
     0: finished or skipped; 1: the run failed (diverged); 2: refused with a one-line message
     that names what to fix. In a sweep, the app turns 2 into an exception and 1 into "go on".
     """
-    # simulated hardware runs here; multi_* starts hardware.world_size ranks (or, under
-    # torchrun, is one of them): suite/launch.py
-    from suite.launch import execute_job, is_primary
-
     try:
+        # simulated hardware runs here; multi_* starts hardware.world_size ranks (or, under
+        # torchrun, is one of them): suite/launch.py
         result = execute_job(cfg, launch_dir=launch_dir, output_dir=output_dir,
                              sweep_id=sweep_id)
     except USER_ERRORS as exc:
         # a bad config is refused before any run is recorded
-        kind = "configuration error" if isinstance(exc, ValueError) else "error"
-        print(f"commsgd: {kind}: {exc}", file=sys.stderr)
+        print(one_line(exc), file=sys.stderr)
+        exc.commsgd_reported = True  # a sweep re-raises it: main() need not say it again
         return 2, exc
     if result.status == "SKIPPED":
         print(f"commsgd: skipped: {result.reason}")
@@ -81,6 +79,7 @@ def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None
 def app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    provenance.remember_overrides(list(hc.overrides.task))
     code, result = run_job(cfg, launch_dir=Path(hc.runtime.cwd),
                            output_dir=Path(hc.runtime.output_dir),
                            sweep_id=hc.sweep.dir if multirun else None)
@@ -97,7 +96,10 @@ def app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    app()
+    """The console script: the app, with every mistake on the command line said in one line
+    (exit 2) and Ctrl-C in one line (exit 130): suite/cli_errors.py."""
+    provenance.remember_command()
+    sys.exit(cli_errors.run_app(app, USER_ERRORS))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from suite.errors import ConfigError
 from suite.tracking_writer import WRITERS
-
-
-class ConfigError(ValueError):
-    """A bad config value; the message names the key, the value and what is allowed."""
-
 
 ROOT_KEYS = {
     "workers", "batch_size", "steps", "lr", "lr_schedule", "lr_offset", "seed", "eval_every",
@@ -90,7 +86,21 @@ def group_kwargs(cfg: DictConfig, group: str) -> tuple[str, dict]:
     if not isinstance(node, dict) or "name" not in node:
         raise ConfigError(f"{group}: the option must be a mapping with a `name` key")
     name = node.pop("name")
+    for key, value in node.items():
+        if value == "???":  # a factory parameter without a default (suite/configs.py)
+            raise ConfigError(f"{group}.{key} has no default in {group}={name}: set it "
+                              f"({group}.{key}=<value>)")
     return name, node
+
+
+def unknown_key(group: str, name: str, key: str, allowed) -> ConfigError:
+    """The one message for a key an option does not have (a YAML's, an override's)."""
+    from suite.cli_errors import did_you_mean
+
+    allowed = [str(k) for k in allowed]
+    return ConfigError(f"{group}.{key} is not a key of {group}={name}; allowed keys: "
+                       f"{', '.join(allowed) or '(none)'}"
+                       f"{did_you_mean(key, allowed, prefix=f'{group}.')}")
 
 
 def bind(factory, group: str, name: str, kwargs: dict, *, fixed: tuple = ()) -> None:
@@ -101,10 +111,23 @@ def bind(factory, group: str, name: str, kwargs: dict, *, fixed: tuple = ()) -> 
     allowed = [p for p in params if p not in fixed and p != "ctx"]
     for key in kwargs:
         if key not in params or key in fixed:
-            raise ConfigError(
-                f"{group}.{key} is not a key of {group}={name}; allowed keys: "
-                f"{', '.join(allowed) or '(none)'}"
-            )
+            raise unknown_key(group, name, key, allowed)
+
+
+def refused_key(full_key: str, parent) -> ConfigError | None:
+    """The suite's one-line error for Hydra's refusal to override a key that a group option
+    (`algorithm.alhpa=1`) does not have, or None for any other key.
+
+    Hydra composes the option's node (a YAML preset or the node generated from its factory,
+    suite/configs.py), so the node's keys are the allowed ones, exactly `bind`'s."""
+    if not isinstance(parent, DictConfig):
+        return None
+    group, _, key = full_key.partition(".")
+    if group not in ("task", "algorithm", "compressor") or not key or "." in key:
+        return None
+    if not isinstance(parent.get("name"), str) or key in parent:
+        return None
+    return unknown_key(group, parent.name, key, [k for k in parent if k != "name"])
 
 
 def resolved_dict(cfg: DictConfig) -> dict:

@@ -25,9 +25,11 @@ launcher's own duties are the ones no rank can do for itself:
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
+import pickle
 import shutil
 import signal
 import sys
@@ -41,7 +43,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from suite import links
-from suite.config import ConfigError
+from suite.errors import USER_ERRORS, ConfigError, UserError
 
 MASTER_ADDR = "127.0.0.1"
 # After a rank fails, the others get the process-group timeout plus this to exit by themselves
@@ -313,7 +315,8 @@ def _outcome(procs, failed, stopped, report_dir: Path, timeout_s: float):
     if not failed and not stopped:
         res = reports[0]["result"]
         return RunResult(res["status"], res["final"], res["run_id"], res["tracking_uri"],
-                         res["experiment"], reason=res["reason"])
+                         res["experiment"], reason=res["reason"],
+                         experiment_id=res.get("experiment_id"))
     first = reports[failed[0]] if failed else None
     if started is None and first and "error" in first and first["error"]["user_error"]:
         # refused (a bad config, an unreachable store) before a run was recorded; the other
@@ -330,16 +333,27 @@ def _outcome(procs, failed, stopped, report_dir: Path, timeout_s: float):
                      reason=reason)
 
 
-def _user_error(error: dict) -> Exception:
-    from suite.cli import USER_ERRORS
+def _error_report(exc: BaseException) -> dict:
+    """What a rank says about the exception that ended it (rank<r>.json)."""
+    user = isinstance(exc, USER_ERRORS)
+    report = {"type": type(exc).__name__, "message": str(exc),
+              "summary": f"{type(exc).__name__}: {exc}", "user_error": user,
+              "time": time.time()}
+    if user:  # the launcher raises this very exception again (`_user_error`)
+        try:
+            report["pickled"] = base64.b64encode(pickle.dumps(exc)).decode()
+        except Exception:  # not picklable: the launcher raises a UserError with its text
+            pass
+    return report
 
-    for cls in USER_ERRORS:
-        if cls.__name__ == error["type"]:
-            try:
-                return cls(error["message"])
-            except TypeError:
-                break
-    return ConfigError(error["message"])
+
+def _user_error(error: dict) -> Exception:
+    """The rank's own exception object, as it raised it (pickled by `_rank_main`)."""
+    try:
+        exc = pickle.loads(base64.b64decode(error["pickled"]))
+    except Exception:  # a user error class whose pickling does not round-trip
+        exc = None
+    return exc if isinstance(exc, USER_ERRORS) else UserError(error["message"])
 
 
 def _close_run(report_dir: Path, status: str, reason: str, failed_rank: int | None) -> None:
@@ -390,16 +404,13 @@ def _rank_main(rank: int, spec: dict) -> None:
                                      "experiment": tracker.experiment_name}))
         report["result"] = {"status": result.status, "final": result.final,
                             "run_id": result.run_id, "tracking_uri": result.tracking_uri,
-                            "experiment": result.experiment, "reason": result.reason}
+                            "experiment": result.experiment, "reason": result.reason,
+                            "experiment_id": result.experiment_id}
         code = 0
     except BaseException as exc:  # noqa: B036 - report everything, then exit non-zero
-        from suite.cli import USER_ERRORS
-
-        user = isinstance(exc, USER_ERRORS)
-        report["error"] = {"type": type(exc).__name__, "message": str(exc),
-                           "summary": f"{type(exc).__name__}: {exc}", "user_error": user,
-                           "time": time.time()}
-        if not user:
+        report["error"] = _error_report(exc)
+        if not report["error"]["user_error"] and not isinstance(exc, KeyboardInterrupt):
+            # Ctrl-C: the launcher says it
             print(f"[rank {rank}] {traceback.format_exc()}", file=sys.stderr, flush=True)
     _write(report_dir / f"rank{rank}.json", report)
     _leave(code)

@@ -22,19 +22,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import suite
-from suite import artifacts, checkpoint, links
+from suite import artifacts, checkpoint, links, provenance
 from suite.algorithms import Context, build_algorithm, get_spec
 from suite.backends import make_backend
 from suite.comm import Channel
 from suite.compressors import REGISTRY as COMPRESSORS
 from suite.compressors import build_compressor
+from suite.compressors.base import MessageRangeError
 from suite.config import ConfigError, bind, check_root, flatten, group_kwargs, resolved_dict
 from suite.hardware import select_device
+from suite.plugins import TASKS
 from suite.rng import SharedStream, WorkerStreams
 from suite.schedules import make_schedule
 from suite.timing import Stopwatch
 from suite.tracking import NullTracker, check_reachable, default_uri
-from tasks import TASKS
 
 # Keys that change where and how a run is recorded, never what it computes.
 UNHASHED_KEYS = ("tracking", "progress", "hydra", "resume", "checkpoint_every",
@@ -55,6 +56,7 @@ class RunResult:
     history: list = field(default_factory=list)
     reason: str | None = None
     params: torch.Tensor | None = None  # the final point, for tests and notebooks
+    experiment_id: str | None = None
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -85,7 +87,7 @@ class Run:
 
         task_name, task_kwargs = group_kwargs(cfg, "task")
         if task_name not in TASKS:
-            raise ConfigError(f"task={task_name!r} is not known; allowed: {', '.join(TASKS)}")
+            raise ConfigError(f"task={task_name!r} is not known; allowed: {TASKS.allowed()}")
         factory = TASKS[task_name]
         bind(factory, "task", task_name, task_kwargs, fixed=("workers", "worker_ids", "device"))
         try:
@@ -113,7 +115,7 @@ class Run:
         comp_name, comp_kwargs = group_kwargs(cfg, "compressor")
         if comp_name not in COMPRESSORS:
             raise ConfigError(
-                f"compressor={comp_name!r} is not known; allowed: {', '.join(COMPRESSORS)}"
+                f"compressor={comp_name!r} is not known; allowed: {COMPRESSORS.allowed()}"
             )
         bind(COMPRESSORS[comp_name], "compressor", comp_name, comp_kwargs)
         self.compressor = build_compressor(comp_name, **comp_kwargs)
@@ -129,7 +131,8 @@ class Run:
         self.sample_streams = SharedStream(cfg.seed, "sampling", ids, K, self.device)
         self.compress_streams = WorkerStreams(cfg.seed, "compression", ids, self.device)
         self.channel = Channel(self.backend, self.compressor, self.compress_streams,
-                               self.stopwatch)
+                               self.stopwatch, seed=cfg.seed,
+                               shapes=getattr(self.task, "param_shapes", None))
         ctx = Context(self.task, self.channel, self.sample_streams, self.batch_size,
                       self.stopwatch)
 
@@ -192,8 +195,13 @@ def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, out_dir: Path,
     }
     if sweep_id:
         tags["sweep.id"] = sweep_id
+    tags.update(provenance.tags())  # the command line, the job's overrides, the user
     params = flatten({k: v for k, v in resolved_dict(cfg).items() if k != "hydra"})
     params["lr.resolved"] = run.lr0
+    # The task's constants (L, μ, f*, ζ*², ...) are facts about the run, one value each: params
+    # `task/<name>`, not one-point metric charts. (The analysis also reads the metrics older
+    # runs logged them as.)
+    params.update({f"task/{k}": v for k, v in run.task.constants.items()})
     # writer=process (the default): the store calls run in a forked writer process, so that
     # training never waits on them; inline: in this process (suite/tracking_writer.py)
     from suite.tracking_writer import open_tracker
@@ -271,8 +279,6 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
     try:
         if on_start is not None:
             on_start(tracker)
-        if restored is None:
-            tracker.log_constants(run.task.constants)
         saver = None
         if cfg.checkpoint_every:
             saver = lambda **kw: checkpoint.save(  # noqa: E731
@@ -295,7 +301,8 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
     # better hidden behind the plots than waited for before them.
     return RunResult(status, final, tracker.run_id, tracker.uri, tracker.experiment_name,
                      tracker.history, reason,
-                     params=run.algorithm.params(state) if status == "FINISHED" else None)
+                     params=run.algorithm.params(state) if status == "FINISHED" else None,
+                     experiment_id=tracker.experiment_id)
 
 
 def _reopenable(restored, cfg, launch_dir) -> str | None:
@@ -332,7 +339,7 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
             raise RuntimeError(f"COMMSGD_TEST_FAIL_AT_STEP={fail_at}: simulated crash")
         lr = run.schedule(t)
         started = time.perf_counter()
-        state = algo.step(state, t, lr)
+        state = _step(algo, state, t, lr)
         run.stopwatch.sync()
         wall += time.perf_counter() - started
         lr_log[t] = lr
@@ -357,6 +364,23 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
     return state, metrics | _times(run, wall, steps)
 
 
+def _step(algo, state, t: int, lr: float):
+    """One iteration. A message that cannot be sent (NaN, inf, beyond the wire's range) after
+    the first step means the iterate blew up: divergence, noticed by the compressor before the
+    next evaluation would have noticed it in the loss. At t = 0 it is x0's own gradient, a
+    property of the problem, and stays the compressor's error."""
+    try:
+        return algo.step(state, t, lr)
+    except MessageRangeError as exc:
+        if t == 0:
+            raise
+        raise Diverged(_diverged(t, f"the message could not be sent ({exc})")) from exc
+
+
+def _diverged(step: int, what: str) -> str:
+    return f"diverged at step {step}: {what}; try a smaller lr"
+
+
 TIME_KEYS = ("time/compute_s", "time/compress_s", "time/comm_s", "time/wall_s")
 
 
@@ -376,12 +400,11 @@ def _times(run: Run, wall: float, steps: int) -> dict[str, float]:
 def _check_divergence(metrics, initial_loss, threshold, step):
     loss = metrics["train/loss"]
     if not math.isfinite(loss):
-        raise Diverged(f"diverged at step {step}: train/loss is {loss}")
+        raise Diverged(_diverged(step, f"train/loss is {loss}"))
     if loss > threshold * max(initial_loss, 1e-12):
-        raise Diverged(
-            f"diverged at step {step}: train/loss {loss:.4g} exceeds divergence_threshold "
-            f"({threshold:g}) × initial loss {initial_loss:.4g}; try a smaller lr"
-        )
+        raise Diverged(_diverged(
+            step, f"train/loss {loss:.4g} exceeds divergence_threshold ({threshold:g}) × "
+                  f"initial loss {initial_loss:.4g}"))
 
 
 def _progress(cfg, run, start: int = 0):

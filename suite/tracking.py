@@ -36,6 +36,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from suite.errors import TrackingDeliveryError, TrackingUnavailable
+
+__all__ = ["TrackingDeliveryError", "TrackingUnavailable"]  # defined in suite.errors
+
 log = logging.getLogger("commsgd.tracking")
 
 MAX_METRICS_PER_BATCH = 1000
@@ -43,19 +47,12 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_LENGTH = 6000
 
 
-class TrackingUnavailable(RuntimeError):
-    """The tracking store cannot be reached before the run starts."""
-
-
-class TrackingDeliveryError(RuntimeError):
-    """Some metrics could not be delivered; the message says where they were saved."""
-
-
 class NullTracker:
     """tracking=none: keeps the history in memory for the summary, writes nothing."""
 
     uri = None
     experiment_name = None
+    experiment_id = None
     run_id = None
 
     def __init__(self):
@@ -63,9 +60,6 @@ class NullTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.history.extend((k, float(v), step) for k, v in metrics.items())
-
-    def log_constants(self, constants: dict[str, float]) -> None:
-        pass
 
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         pass
@@ -82,6 +76,45 @@ class NullTracker:
 
 def default_uri(launch_dir: Path) -> str:
     return f"sqlite:///{Path(launch_dir).resolve() / 'mlruns.db'}"
+
+
+# Where `make mlflow-ui` serves a local store's UI.
+LOCAL_UI = "http://127.0.0.1:5000"
+# MLflow 3's UI shows every experiment as a GenAI one (overview, traces) unless told otherwise;
+# this query selects its "machine learning" view, whose experiment page is the runs table.
+ML_VIEW = "workflowType=machine_learning"
+
+
+def ui_base(uri: str, local_ui: str = LOCAL_UI) -> str:
+    """The UI that shows a store: a tracking server serves its own; a local store is shown by
+    `mlflow ui` (make mlflow-ui) at local_ui."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else local_ui
+
+
+def run_url(uri: str, experiment_id: str, run_id: str, local_ui: str = LOCAL_UI) -> str:
+    """The run's own page in the MLflow UI (MLflow 3.x's route /experiments/<id>/runs/<run>)."""
+    return f"{ui_base(uri, local_ui)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def runs_table_url(uri: str, experiment_id: str, local_ui: str = LOCAL_UI) -> str:
+    """An experiment's table of runs in the MLflow UI."""
+    return f"{ui_base(uri, local_ui)}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
+
+
+def print_links(uri: str, local_ui: str = LOCAL_UI) -> int:
+    """One line per experiment of the store with a link to its runs table; the number shown."""
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        print(f"no runs yet in {uri}; after `commsgd-run`, each experiment's runs table is at "
+              f"{ui_base(uri, local_ui)}/#/experiments/<id>/runs?{ML_VIEW}")
+        return 0
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e for e in client.search_experiments()
+                   if client.search_runs([e.experiment_id], max_results=1)]
+    for e in experiments:
+        print(f"runs of experiment {e.name!r}: {runs_table_url(uri, e.experiment_id, local_ui)}")
+    return len(experiments)
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -239,9 +272,6 @@ class MlflowTracker(NullTracker):
         """Metric values buffered and not yet delivered."""
         return len(self._buffer)
 
-    def log_constants(self, constants: dict[str, float]) -> None:
-        self.log_metrics({f"task/{k}": v for k, v in constants.items()}, step=0)
-
     def flush(self, patient: bool = True) -> None:
         """Deliver the buffer. Mid-run (patient=False) one failed try keeps the buffer for the
         next flush, so a store outage never stops training."""
@@ -363,7 +393,13 @@ def main(argv=None) -> None:
     rp = sub.add_parser("replay", help="send a fallback file of unsent metrics")
     rp.add_argument("file", type=Path)
     rp.add_argument("--tracking-uri", default=None)
+    lp = sub.add_parser("links", help="print each experiment's runs-table link in the MLflow UI")
+    lp.add_argument("--tracking-uri", required=True)
+    lp.add_argument("--ui", default=LOCAL_UI, help="where `mlflow ui` serves a local store")
     args = parser.parse_args(argv)
+    if args.command == "links":
+        print_links(args.tracking_uri, args.ui)
+        return
     count = replay(args.file, args.tracking_uri)
     print(f"replayed {count} metric values from {args.file}")
 

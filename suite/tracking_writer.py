@@ -23,7 +23,7 @@ cannot be made cheaper through MLflow's public API, so it is moved off the train
   HTTP sessions) MLflow cached in the parent, unused, and opens its own.
 
 Protocol. `BackgroundTracker` is the training process's side, with the interface the runner
-uses (`log_metrics`, `log_constants`, `set_tags`, `log_artifact`, `flush`, `finish`, `run_id`,
+uses (`log_metrics`, `set_tags`, `log_artifact`, `flush`, `finish`, `run_id`,
 `history`). It keeps the history itself, stamps each value when it is logged, and sends values
 in chunks of SEND_EVERY over a pipe that it writes without ever blocking (what the pipe cannot
 take yet waits in memory). The child runs the synchronous `MlflowTracker`, with its retries,
@@ -186,6 +186,7 @@ class BackgroundTracker:
         self.finish_wait_s: float | None = None  # how long `finish` waited for the writer
         self._eager = flush_every >= WRITE_AT
         self._run_id: str | None = None
+        self._experiment_id: str | None = None
         self._skip_through: dict[str, int] = {}
         self._pending: list[tuple] = []  # values not sent yet
         self._unacked: list[tuple] = []  # values sent, not yet reported delivered
@@ -220,6 +221,11 @@ class BackgroundTracker:
             self._wait_ready()
         return self._run_id
 
+    @property
+    def experiment_id(self) -> str | None:
+        """The MLflow experiment's id, known once the writer has created the run."""
+        return self._experiment_id if self.run_id is not None else None
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self._poller.poll(0) or self._error is not None:  # about 1 µs when nothing waits
             self._poll()
@@ -232,9 +238,6 @@ class BackgroundTracker:
             self._pending.append((k, v, now, step))
         if len(self._pending) >= SEND_EVERY:
             self._send_pending()
-
-    def log_constants(self, constants: dict[str, float]) -> None:
-        self.log_metrics({f"task/{k}": v for k, v in constants.items()}, step=0)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         tags = {k: str(v) for k, v in tags.items()}
@@ -338,7 +341,7 @@ class BackgroundTracker:
             return
         kind = msg[0]
         if kind == "ready":
-            self._run_id, self._skip_through = msg[1], msg[2]
+            self._run_id, self._skip_through, self._experiment_id = msg[1], msg[2], msg[3]
         elif kind == "ack":
             delivered = msg[1]
             del self._unacked[: delivered - self._acked]
@@ -637,7 +640,7 @@ def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int) -> int:
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
             reply(("error", _portable(exc)))
             continue
-        reply(("ready", tracker.run_id, dict(tracker._skip_through)))
+        reply(("ready", tracker.run_id, dict(tracker._skip_through), tracker.experiment_id))
         if _serve(tracker, inbox, reply, parent_pid) == "eof":
             return 0
 

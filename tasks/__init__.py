@@ -1,7 +1,6 @@
-"""Problems: data, models, losses, gradients and constants. Knows nothing of algorithms."""
+"""Problems: data, models, losses, gradients and constants. Knows nothing of algorithms.
 
-from tasks.cifar10 import Cifar10ResNet
-from tasks.logreg import LogisticRegression
-
-# name -> factory(workers=, worker_ids=, device=, **task keys)
-TASKS = {"logreg": LogisticRegression, "cifar10_resnet": Cifar10ResNet}
+Each task is a factory `Task(workers=, worker_ids=, device=, **task keys)` (tasks/base.py),
+registered as an entry point of the group `commsgd.tasks` in pyproject.toml
+(suite/plugins.py reads them); importing this package imports no task module.
+"""

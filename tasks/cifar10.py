@@ -173,6 +173,12 @@ class Cifar10ResNet:
         self.net = net.to("meta")
 
     # -- what the engine calls -------------------------------------------------------------
+    @property
+    def param_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The network's parameter shapes, in the order of the flat vector (for schemes that
+        compress per layer, suite.comm.Env.shapes)."""
+        return tuple(tuple(s) for s in self._shapes)
+
     def x0(self) -> torch.Tensor:
         return self._x0.to(device=self.device, dtype=self.dtype)
 

@@ -5,6 +5,9 @@
                     local objectives are (ζ*² grows with it).
 - `breast_cancer`:  scikit-learn's bundled copy (569 × 30), standardised on the training part.
 - LIBSVM names:     w8a, a9a, mushrooms, ... via `tasks.libsvm` (download, checksum, cache).
+- `path=<file>`:    a LIBSVM/svmlight file of the user's own (`task.path`); it is then the data
+                    set, whatever `task.dataset` says, and is treated as a table data set without
+                    a test file: features as they are, a seeded 20% held out.
 
 Each loader returns train and held-out test parts. Where a data set ships no test file, a seeded
 20% of the samples is held out.
@@ -28,7 +31,12 @@ class Dataset(NamedTuple):
 
 
 def load_dataset(name: str, *, seed: int, n_samples: int = 2000, dim: int = 50,
-                 heterogeneity: float = 1.0) -> Dataset:
+                 heterogeneity: float = 1.0, path: str | None = None) -> Dataset:
+    if path is not None:
+        from tasks import libsvm
+
+        data = libsvm.load_svmlight_path(path)
+        return _holdout(data.X_train.toarray(), data.y_train, seed, str(path), standardise=False)
     if name == "synthetic":
         return _synthetic(seed=seed, n=n_samples, d=dim, heterogeneity=heterogeneity)
     if name == "breast_cancer":

@@ -39,22 +39,13 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.datasets import load_svmlight_file
 
+# defined with every user error in suite.errors; importable from here as before
+from suite.errors import DatasetChecksumError, DatasetFormatError, DatasetUnavailableError
+
 log = logging.getLogger(__name__)
 
 BASE_URL = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/binary/"
 DOWNLOAD_TIMEOUT_S = 60.0
-
-
-class DatasetUnavailableError(RuntimeError):
-    """The file is not in the cache and cannot be downloaded (offline, or download=False)."""
-
-
-class DatasetChecksumError(RuntimeError):
-    """A file's digest differs from the pinned (or trusted-on-first-use) one."""
-
-
-class DatasetFormatError(RuntimeError):
-    """A cached file cannot be parsed as a LIBSVM binary-classification file."""
 
 
 class FileSpec(NamedTuple):
@@ -192,6 +183,34 @@ def load_libsvm(name: str, *, cache_dir: Path | None = None, download: bool = Tr
     # The test file is mapped with the training file's labels, so that +1 means the same class.
     y_test = _to_pm1(raw_test, labels, directory / spec.test.filename)
     return LibsvmData(X_train, y_train, X_test, y_test, spec.n_features)
+
+
+def load_svmlight_path(path: str | Path) -> LibsvmData:
+    """A binary-classification file of the user's own in LIBSVM/svmlight format (`task.path`):
+    `label index:value ...` per line, 1-based indices; `.gz` and `.bz2` files are read
+    compressed. Labels are mapped to {-1, +1} as for the table's data sets; the number of
+    features is the largest index in the file. There is no test file: the caller holds out a
+    seeded part of it, as for the table's data sets without one.
+
+    Raises DatasetUnavailableError when the file does not exist and DatasetFormatError when it
+    cannot be parsed or does not hold exactly two labels, naming the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetUnavailableError(f"task.path={path}: no such file (a LIBSVM/svmlight "
+                                      f"file: one `label index:value ...` line per sample)")
+    try:
+        X, y = load_svmlight_file(str(path), dtype=np.float64)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetFormatError(
+            f"task.path={path}: cannot parse as a LIBSVM/svmlight file ({type(exc).__name__}: "
+            f"{exc}); expected one `label index:value index:value ...` line per sample, with "
+            f"1-based increasing indices") from exc
+    if X.shape[0] < 2 or X.shape[1] < 1:
+        raise DatasetFormatError(f"task.path={path}: {X.shape[0]} samples with {X.shape[1]} "
+                                 f"features; need at least 2 samples and 1 feature")
+    y = np.asarray(y, dtype=np.float64)
+    return LibsvmData(sp.csr_matrix(X, dtype=np.float64), _to_pm1(y, _two_labels(y, path), path),
+                      None, None, X.shape[1])
 
 
 def _load_file(name: str, spec: FileSpec, n_features: int, directory: Path,

@@ -34,11 +34,11 @@ class LogisticRegression:
                  worker_ids: list[int] | None = None, l2: float | None = None,
                  data_seed: int = 0, dtype: str = "float64", device="cpu",
                  n_samples: int = 2000, dim: int = 50, heterogeneity: float = 1.0,
-                 dirichlet_alpha: float = 0.5):
+                 dirichlet_alpha: float = 0.5, path: str | None = None):
         if dtype not in _DTYPES:
             raise ValueError(f"task.dtype={dtype!r}: allowed values are {', '.join(_DTYPES)}")
         data = load_dataset(dataset, seed=data_seed, n_samples=n_samples, dim=dim,
-                            heterogeneity=heterogeneity)
+                            heterogeneity=heterogeneity, path=path)
         n, d = data.A_train.shape
         self.l2 = 1.0 / n if l2 is None else float(l2)
         if not self.l2 > 0:
@@ -53,7 +53,7 @@ class LogisticRegression:
         self.constants = logreg_constants.compute_cached(
             data.A_train, data.b_train, shards, self.l2,
             key=(dataset, split, workers, data_seed, self.l2, n_samples, dim, heterogeneity,
-                 dirichlet_alpha),
+                 dirichlet_alpha, path),
         )
         self.x_star = torch.as_tensor(self.constants.pop("x_star"), dtype=self.dtype,
                                       device=self.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +24,17 @@ CONF = str(ROOT / "conf")
 def _isolated_cache(tmp_path_factory):
     # constants and data caches go to a per-session temp dir, never the user's ~/.cache
     os.environ.setdefault("COMMSGD_DATA", str(tmp_path_factory.mktemp("commsgd-data")))
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    # An app run in this process (Hydra's job logging) points the root logger at the stderr of
+    # the test that ran it; a later test's warning would then go to a closed capture stream.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def make_cfg(*overrides: str):

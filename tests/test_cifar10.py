@@ -51,6 +51,22 @@ def test_parameter_counts():
     assert make_task(model="resnet20").dim == 269_722
 
 
+def test_parameter_shapes_tile_the_flat_vector_and_reach_the_channels_schemes():
+    """Schemes that compress per layer (suite.comm.Env.shapes) see the network's tensors."""
+    import math
+
+    from suite.runner import Run
+    from tests.conftest import make_cfg
+
+    task = make_task(model="resnet20")
+    shapes = task.param_shapes
+    assert sum(math.prod(s) for s in shapes) == task.dim
+    assert shapes[0] == (16, 3, 3, 3)  # the first convolution: 16 filters of 3×3×3
+    run = Run(make_cfg(*RUN))
+    assert run.channel._env(run.task.dim, torch.float32, run.device).shapes == shapes
+    assert run.channel._env(10, torch.float32, run.device).shapes is None
+
+
 # -- gradients and BatchNorm -------------------------------------------------------------------
 def _per_worker_points(task, scale=1e-2):
     gen = torch.Generator().manual_seed(1)

@@ -147,7 +147,8 @@ def test_distributed_run_equals_simulated_run(runs, name):
     sim, dist = curves(sim_hist, skip=LEDGER), curves(dist_hist, skip=DISTRIBUTED_ONLY + LEDGER)
     assert sim.keys() == dist.keys()
     assert len(sim["train/loss"]) == STEPS // EVERY + 1
-    for key in ("comm/bits_up", "comm/bits_up_entropy", "comm/bits_down", "comm/rounds"):
+    for key in ("comm/bits_up", "comm/bits_up_total", "comm/bits_up_alt_code",
+                "comm/bits_down", "comm/rounds"):
         assert dist[key] == sim[key], key  # bit counts: always exact
     if exact:
         assert dist == sim

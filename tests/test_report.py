@@ -150,7 +150,7 @@ def test_theory_table_shows_the_algorithm_modules_prediction(built):
     client, runs = mlflow_runs(uri)
     run = next(r for r in runs if r.data.params.get("compressor.name") == "identity"
                and r.data.params.get("lr") == "theory")
-    c = {k[len("task/"):]: v for k, v in run.data.metrics.items() if k.startswith("task/")}
+    c = {k[len("task/"):]: float(v) for k, v in run.data.params.items() if k.startswith("task/")}
     thm = REGISTRY["sgd"].theorem(c, workers=4, batch_size=None, omega=0.0, delta=None)
     assert float(row["ρ bound"]) == pytest.approx(thm.rate, rel=1e-5)
     assert row["rate holds"] == "yes"  # the measured contraction is faster than the bound

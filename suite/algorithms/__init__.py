@@ -1,60 +1,45 @@
-"""Algorithms: one module per family, each with its update rule and its theorem.
+"""Algorithms: one module per algorithm, each with its update rule and its theorem.
 
-Adding an algorithm is one module exposing `build(ctx, **hyper)` and `theorem(constants, ...)`
-plus one entry here.
+Every option is an entry point of the group `commsgd.algorithms` (suite/plugins.py), the
+suite's own in its pyproject.toml: adding an algorithm is one module exposing
+`build(ctx, **hyper)` and, optionally, `theorem(constants, ...)`, plus one entry point; its
+config node (`algorithm=<name>` and its keys) is generated from build's keyword arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from suite.plugins import ALGORITHMS as REGISTRY
 
-from . import delayed, diana, ef_sgd, local_sgd, sgd
-from .base import Algorithm, ConfigurationError, Context, Theorem
-
-
-class AlgorithmSpec(NamedTuple):
-    build: Callable[..., Algorithm]
-    theorem: Callable[..., Theorem]
-    # which compressor kinds the algorithm's analysis admits
-    compressor_kinds: tuple[str, ...] = ("unbiased", "contractive")
-    # the compressor the algorithm group's YAML selects by default (documentation only)
-    default_compressor: str = "identity"
-    full_gradients_only: bool = False
-
-
-REGISTRY: dict[str, AlgorithmSpec] = {
-    "sgd": AlgorithmSpec(sgd.build, sgd.theorem),
-    "qsgd": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "qsgd"),
-    "terngrad": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "terngrad"),
-    "dqgd": AlgorithmSpec(sgd.build, sgd.theorem, ("unbiased",), "quant_p",
-                          full_gradients_only=True),
-    # any compressor; the YAML keeps identity (select one: compressor=topk, sign, ...)
-    "ef_sgd": AlgorithmSpec(ef_sgd.build, ef_sgd.theorem, ("unbiased", "contractive")),
-    # the delay analysis is for exact messages; an unbiased compressor only adds variance
-    "delayed_sgd": AlgorithmSpec(delayed.build, delayed.theorem, ("unbiased",)),
-    "local_sgd": AlgorithmSpec(local_sgd.build, local_sgd.theorem, ("unbiased",)),
-    "diana": AlgorithmSpec(diana.build, diana.theorem, ("unbiased",), "quant_p"),
-}
+from .base import Algorithm, AlgorithmSpec, ConfigurationError, Context, Theorem
 
 
 def get_spec(name: str) -> AlgorithmSpec:
     if name not in REGISTRY:
         raise ConfigurationError(
-            f"algorithm={name!r} is not known; allowed: {', '.join(sorted(REGISTRY))}"
-        )
+            f"algorithm={name!r} is not known; allowed: {REGISTRY.allowed()}")
     return REGISTRY[name]
+
+
+def admitting(kind: str) -> list[str]:
+    """The algorithms whose analysis admits a compressor of this kind."""
+    return [name for name in REGISTRY if kind in REGISTRY[name].compressor_kinds]
 
 
 def build_algorithm(name: str, ctx: Context, **hyper) -> Algorithm:
     spec = get_spec(name)
     compressor = ctx.channel.compressor
     if compressor.kind not in spec.compressor_kinds:
+        from suite.compressors import of_kind
+
+        wanted = " or ".join(spec.compressor_kinds)
+        suggestions = sorted({c for kind in spec.compressor_kinds for c in of_kind(kind)})
+        settings = ", ".join(f"{k}={v}" for k, v in compressor.hyperparams if v is not None)
         raise ConfigurationError(
-            f"algorithm={name} needs an {' or '.join(spec.compressor_kinds)} compressor; "
-            f"compressor={compressor.name} is {compressor.kind}. Use an unbiased compressor "
-            f"(identity, qsgd, terngrad, quant_p, randk with scaled=true, natural) or an "
-            f"algorithm that accepts biased ones (sgd, ef_sgd)"
+            f"algorithm={name} needs an {wanted} compressor; "
+            f"compressor={compressor.name}{f' ({settings})' if settings else ''} is "
+            f"{compressor.kind}. Use an {wanted} compressor ({', '.join(suggestions)}, at their "
+            f"defaults) or an algorithm that accepts {compressor.kind} ones "
+            f"({', '.join(admitting(compressor.kind)) or 'none is registered'})"
         )
     if spec.full_gradients_only and ctx.batch_size is not None:
         raise ConfigurationError(
@@ -65,4 +50,4 @@ def build_algorithm(name: str, ctx: Context, **hyper) -> Algorithm:
 
 
 __all__ = ["Algorithm", "AlgorithmSpec", "ConfigurationError", "Context", "Theorem",
-           "REGISTRY", "build_algorithm", "get_spec"]
+           "REGISTRY", "admitting", "build_algorithm", "get_spec"]

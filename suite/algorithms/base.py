@@ -8,7 +8,10 @@ NamedTuple of tensors, so checkpoints and tests can see error memories, shifts a
     state = algo.step(state, t, lr)     # one iteration
     x     = algo.params(state)          # the point the runner evaluates
 
-Each module also carries its theorem as a pure function of the task constants:
+A module is registered as an entry point of the group `commsgd.algorithms` (suite/plugins.py;
+the suite's own in its pyproject.toml) and may set COMPRESSOR_KINDS, DEFAULT_COMPRESSOR and
+FULL_GRADIENTS_ONLY beside `build`. Each module also carries its theorem as a pure function of
+the task constants:
 
     theorem(constants, *, workers, batch_size, omega=..., lr=None, **hyper) -> Theorem
 
@@ -25,9 +28,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-
-class ConfigurationError(ValueError):
-    """A bad combination of options, found before the run starts."""
+from suite.errors import ConfigurationError  # noqa: F401 (re-exported: algorithms raise it)
 
 
 class Theorem(NamedTuple):
@@ -65,6 +66,22 @@ class Context:
         with self.stopwatch.time("compute"):
             batch = self.task.sample_batch(self.sample_streams, self.batch_size)
             return self.task.grads(x, batch)
+
+
+class AlgorithmSpec(NamedTuple):
+    """What the registry knows of an algorithm option (suite/plugins.py reads it from the
+    option's module: `build`, `theorem`, COMPRESSOR_KINDS, DEFAULT_COMPRESSOR,
+    FULL_GRADIENTS_ONLY)."""
+
+    build: Callable[..., Any]
+    theorem: Callable[..., Theorem]
+    # which compressor kinds the algorithm's analysis admits
+    compressor_kinds: tuple[str, ...] = ("unbiased", "contractive")
+    # the compressor `algorithm=<name>` selects (its generated config node overrides it)
+    default_compressor: str = "identity"
+    full_gradients_only: bool = False
+    has_theorem: bool = True  # False: the module declares none (theorem() says so)
+    entry: Any = None  # suite.plugins.Entry: where the option comes from
 
 
 class Algorithm(NamedTuple):

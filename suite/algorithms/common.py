@@ -26,6 +26,16 @@ def no_theorem(reason: str) -> Theorem:
     return Theorem(math.nan, None, None, "subopt", f"no theorem: {reason}")
 
 
+def theorem_missing(name: str):
+    """The theorem of an algorithm module that declares none: no step size for lr=theory,
+    and the report's theory table says why."""
+
+    def theorem(constants: dict, **_) -> Theorem:
+        return no_theorem(f"algorithm={name} declares no theorem")
+
+    return theorem
+
+
 def check_lr(lr: float, name: str, why: str) -> None:
     """Refuse a NaN step size (lr=theory where no theorem applies), saying why."""
     if isinstance(lr, float) and math.isnan(lr):

@@ -33,6 +33,8 @@ from suite.rng import derive_seed
 from .base import Algorithm, ConfigurationError, Context, Theorem
 
 MODES = ("fixed", "random")
+# the delay analysis is for exact messages; an unbiased compressor only adds variance
+COMPRESSOR_KINDS = ("unbiased",)
 # docs/theory.md §3: γ ≤ 1/(c·L·(τ + M + 1)) with an unverified absolute constant c [M]. We take
 # c = 5: in the framework's virtual-iterate argument the memory bound
 # E‖e‖² ≲ γ²τ²‖∇f‖² ≤ 2Lγ²τ²(f − f*) keeps 3Lγ·E‖e‖² below (γ/4)(f − f*) once γ ≤ 1/(5Lτ),

@@ -33,6 +33,10 @@ import torch
 from .base import Algorithm, ConfigurationError, Context, Theorem
 from .common import sigma_sq
 
+# the shift update h_i += αΔ̂_i needs E Δ̂_i = Δ_i; DIANA's own p-norm quantizer by default
+COMPRESSOR_KINDS = ("unbiased",)
+DEFAULT_COMPRESSOR = "quant_p"
+
 
 class DianaState(NamedTuple):
     x: torch.Tensor  # [d] the model (replicated)

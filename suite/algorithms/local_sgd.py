@@ -38,6 +38,8 @@ from .base import Algorithm, ConfigurationError, Context, Theorem
 from .common import sigma_sq
 
 OUTPUTS = ("last", "weighted")
+# the analysis averages exact models; an unbiased compressor of the progress only adds variance
+COMPRESSOR_KINDS = ("unbiased",)
 SCHEDULES = ("constant", "theorem")
 # Constant steps: Theorem 2.2's schedule never exceeds η_0 = 4/(μa) < 1/(4L) (a > 16κ); we admit
 # the same bound, lr_max = 1/(4L), for a constant step. A documented choice, not a theorem of
@@ -132,8 +134,8 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
             lr: float | None = None, local_steps: int = 1, sync_steps: list | None = None,
             output: str = "last", schedule: str = "constant", a: float | None = None,
             **_) -> Theorem:
-    """docs/theory.md §4. Local SGD's theorem (Stich 2019, Theorem 2.2) is a bound in T with decaying
-    steps, not a linear rate: `rate` and `floor` are None here and the bound itself is
+    """docs/theory.md §4. Local SGD's theorem (Stich 2019, Theorem 2.2) is a bound in T with
+    decaying steps, not a linear rate: `rate` and `floor` are None here and the bound itself is
     `bound(...)` below.
 
     lr_max: with schedule=theorem, η_0 = 4/(μa) (the runner logs it; the algorithm takes η_t);

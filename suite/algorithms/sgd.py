@@ -25,6 +25,9 @@ import torch
 from .base import Algorithm, ConfigurationError, Context, Theorem
 from .common import check_lr, no_theorem, sigma_sq
 
+# compressed SGD runs with any compressor (its theorem only covers unbiased ones)
+COMPRESSOR_KINDS = ("unbiased", "contractive", "biased")
+
 
 class SGDState(NamedTuple):
     x: torch.Tensor

@@ -5,21 +5,22 @@ every per-worker tensor on a rank is the [w, d] slice of the simulated [K, d] on
 random streams belong to the worker (suite.rng), so each worker draws what it would draw in the
 simulated backend, and the collectives below are arranged to reproduce the simulated means:
 
-- Compressed messages travel as the compressor's bytes (`compressor.encode`). Message sizes
-  may differ between workers, so each exchange is two all_gathers: the sizes first (int64, one
-  per held worker; the "header"), then every rank's messages concatenated and zero-padded to
-  the longest rank's total. Every rank then decodes all K messages in global worker order and
-  takes `.mean(0)` of the same [K, d] tensor the simulated backend averages: the mean is
-  bit-for-bit the simulated one.
-- Dense data (`mean`, `sum`, and the identity compressor's messages unless
-  `hardware.dense_collective=all_gather`) goes through all_reduce of each rank's partial sum,
-  which is what all_reduce is for, but sums in a different order than the simulated `.mean(0)`
-  over K rows: equal to about one rounding per addition (~1e-16 relative in float64).
-  `dense_collective=all_gather` ships the identity compressor's encoded bytes like any other
-  compressor's instead: W times the all_reduce traffic, but bit-identical to the simulation.
+- Compressed messages travel as the compressor's bytes (`gather_messages`, `exchange`).
+  Message sizes may differ between workers, so each exchange is two all_gathers: the sizes
+  first (int64, one per held worker; the "header"), then every rank's messages concatenated
+  and zero-padded to the longest rank's total. Every rank then decodes all K messages in
+  global worker order into the same [K, d] tensor the simulated backend holds, so the mean
+  (or any aggregate a scheme takes of it) is bit-for-bit the simulated one.
+- Dense data (`mean`, `sum`, `all_reduce`: the identity compressor's messages, a scheme's
+  linear code) goes through all_reduce of each rank's partial sum, which is what all_reduce
+  is for, but sums in a different order than the simulated `.mean(0)` over K rows: equal to
+  about one rounding per addition (~1e-16 relative in float64). With
+  `dense_collective=all_gather`, `all_reduce` gathers every rank's rows and reduces them in
+  global order, and the identity compressor's messages travel as encoded bytes like any
+  other compressor's: W times the all_reduce traffic, but bit-identical to the simulation.
 - `max` (TernGrad's shared scale) and `max_over_ranks` (timings) are all_reduce MAX: exact.
 
-The step's collectives (`mean`, `sum`, `max`, `mean_of_messages`; not `max_over_ranks`,
+The step's collectives (`mean`, `sum`, `max`, `all_reduce`, `exchange`; not `max_over_ranks`,
 `wire_totals` or the barriers, which are bookkeeping) go into `self.ledger`
 (suite.costmodel.Ledger): kind, bytes this rank hands in, and the seconds the collective took
 on this rank, so that a run can set the measured time of its collectives beside the cost
@@ -44,12 +45,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from suite.config import ConfigError
 from suite.costmodel import Ledger
+from suite.errors import ConfigError
+
+from .simulated import REDUCE
 
 BACKENDS = ("gloo", "nccl")
 DENSE_COLLECTIVES = ("all_reduce", "all_gather")
 SIZE_DTYPE = torch.int64  # the size header: one int64 per message
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+               "min": dist.ReduceOp.MIN}
 
 # --- test-only hook (tests/test_distributed.py) -------------------------------------------
 # COMMSGD_TEST_KILL_RANK=r and COMMSGD_TEST_KILL_STEP=t make rank r die abruptly (os._exit(1),
@@ -215,9 +220,28 @@ class DistributedBackend:
         communication (rank 0 recording the run), not for the training loop's collectives."""
         dist.barrier(group=self._setup_group)
 
+    def all_reduce(self, x: torch.Tensor, op: str = "sum", *, counted: bool = True
+                   ) -> torch.Tensor:
+        """x [w, ...] reduced over all K workers by op (sum, mean, max, min).
+
+        dense_collective=all_reduce: each rank's partial reduction, all-reduced (for sum and
+        mean another summation order than the simulation's). all_gather: every rank's rows,
+        gathered in global worker order and reduced as the simulated backend reduces them,
+        bit for bit. `counted`: whether the bytes handed over are message bytes (wire_bytes).
+        """
+        if self.dense_collective == "all_gather":
+            if counted:
+                self.wire_bytes += x.numel() * x.element_size()
+            return REDUCE[op](self._timed("all_gather", x, self._all_gather).to(x.device))
+        partial = REDUCE["sum" if op == "mean" else op](x)
+        if counted:
+            self.wire_bytes += partial.numel() * partial.element_size()
+        out = self._timed("all_reduce", partial, self._all_reduce, _REDUCE_OPS[op])
+        return out / self.num_workers if op == "mean" else out
+
     # -- messages ---------------------------------------------------------------------------
-    def mean_of_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
-        """Mean over all K workers of their decoded messages; `decoded` holds this rank's."""
+    def begin_round(self) -> None:
+        """Called by the channel before every up-link round (the test-only kill hook)."""
         if self._kill_at is not None and self._rounds == self._kill_at:
             # test-only hook, see KILL_RANK_ENV above; the time lets a test measure how fast
             # the job ends after a rank dies
@@ -225,15 +249,14 @@ class DistributedBackend:
                   file=sys.stderr, flush=True)
             os._exit(1)
         self._rounds += 1
-        if compressor.is_identity and self.dense_collective == "all_reduce":
-            total = decoded.sum(0)
-            self.wire_bytes += total.numel() * total.element_size()
-            return self._timed("all_reduce", total, self._all_reduce,
-                               dist.ReduceOp.SUM) / self.num_workers
+
+    def gather_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
+        """All K workers' decoded messages [K, d], global order; `decoded` holds this rank's.
+        The messages travel as `compressor.encode(payload)` bytes, and every rank decodes the
+        same [K, d] tensor the simulated backend holds."""
         msgs = self.exchange(compressor.encode(payload))
         everyone = compressor.decode(msgs, decoded.shape[1], decoded.dtype, self.device)
-        # the same [K, d] tensor, reduced by the same op, as SimulatedBackend.mean_of_messages
-        return compressor.decompress(everyone).mean(0)
+        return compressor.decompress(everyone)
 
     def exchange(self, msgs: list[bytes]) -> list[bytes]:
         """All K workers' messages, in global worker order, from this rank's w messages."""

@@ -15,6 +15,15 @@ from suite.costmodel import Ledger
 
 SIZE_BYTES = 8  # the distributed backend's int64 size header, one per message
 
+# Reductions over the worker axis (dimension 0); the distributed backend reduces the same way
+# within a rank, then across ranks.
+REDUCE = {
+    "sum": lambda x: x.sum(0),
+    "mean": lambda x: x.mean(0),
+    "max": lambda x: x.amax(0),
+    "min": lambda x: x.amin(0),
+}
+
 
 class SimulatedBackend:
     name = "simulated"
@@ -48,19 +57,30 @@ class SimulatedBackend:
         self.ledger.add("all_reduce", self._reduced(x))
         return x.sum(0)
 
-    def mean_of_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
-        """Mean of every worker's decoded message. In one process the decoded [K, d] batch is
-        already here; the distributed backend ships `compressor.encode(payload)` instead."""
-        if compressor.is_identity:
-            self.ledger.add("all_reduce", self._reduced(decoded))
-        else:
-            fixed = compressor.fixed_bits(decoded.shape[1]) \
-                if compressor.fixed_bits is not None else None
-            longest = (fixed + 7) // 8 if fixed is not None else \
-                ((compressor.bits(payload) + 7) // 8).max()  # a 0-d tensor: summed lazily
-            self.ledger.add("all_gather", SIZE_BYTES)
-            self.ledger.add("all_gather", longest)
-        return decoded.mean(0)
+    def all_reduce(self, x: torch.Tensor, op: str = "sum", *, counted: bool = True
+                   ) -> torch.Tensor:
+        """x [w, ...] reduced over all K workers by op (sum, mean, max, min)."""
+        self.ledger.add("all_reduce", self._reduced(x))
+        if op == "mean":  # the identity compressor's messages, every step: no table lookup
+            return x.mean(0)
+        return REDUCE[op](x)
+
+    def gather_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
+        """Every worker's decoded message [K, d]. In one process the decoded batch is already
+        here; the distributed backend ships `compressor.encode(payload)` instead."""
+        fixed = compressor.fixed_bits(decoded.shape[1]) \
+            if compressor.fixed_bits is not None else None
+        longest = (fixed + 7) // 8 if fixed is not None else \
+            ((compressor.bits(payload) + 7) // 8).max()  # a 0-d tensor: summed lazily
+        self.ledger.add("all_gather", SIZE_BYTES)
+        self.ledger.add("all_gather", longest)
+        return decoded
+
+    def exchange(self, msgs: list[bytes]) -> list[bytes]:
+        """All K workers' messages: in one process, the ones given."""
+        self.ledger.add("all_gather", SIZE_BYTES)
+        self.ledger.add("all_gather", max((len(m) for m in msgs), default=0))
+        return list(msgs)
 
     def max_over_ranks(self, values: list[float]) -> list[float]:
         return [float(v) for v in values]

@@ -32,6 +32,8 @@ hyper-parameters cannot serve (e.g. top-k with k > d). The runner calls it once 
 Classes (docs/theory.md §1):
 - unbiased, U(ω):      E C(x) = x,  E‖C(x) − x‖² ≤ ω(d)·‖x‖²
 - contractive, C(δ):   E‖C(x) − x‖² ≤ (1 − δ(d))·‖x‖²
+- biased:              neither (TernGrad with clipping: unbiased for clip(x), not for x)
+A compressor's kind may depend on its hyper-parameters; the algorithms admit kinds, not names.
 """
 
 from __future__ import annotations
@@ -43,18 +45,18 @@ from typing import Any, Literal
 
 import torch
 
-Kind = Literal["unbiased", "contractive"]
+from suite.errors import CompressorError, MessageRangeError
 
-
-class CompressorError(ValueError):
-    """Bad hyper-parameter or bad input for a compressor; the message names what and why."""
+Kind = Literal["unbiased", "contractive", "biased"]
 
 
 @dataclass(frozen=True)
 class Compressor:
     name: str
     kind: Kind
-    # ω(d) for the unbiased class, δ(d) for the contractive class; the other is None.
+    # ω(d) for the unbiased class, δ(d) for the contractive class; the other is None. A biased
+    # compressor that is unbiased for a transform of x (TernGrad's clip) may keep the ω of its
+    # variance around that mean; nothing uses it as U(ω), since its kind says otherwise.
     omega: Callable[[int], float] | None
     delta: Callable[[int], float] | None
     compress: Callable[..., Any]
@@ -107,7 +109,7 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     """Refuse NaN/inf input: a compressed NaN would silently poison every worker's model."""
     check_batch(x, name)
     if not all_finite(x):
-        raise CompressorError(f"{name}: input holds NaN or inf; refusing to compress it")
+        raise MessageRangeError(f"{name}: input holds NaN or inf; refusing to compress it")
 
 
 def all_finite(x: torch.Tensor) -> bool:

@@ -13,7 +13,14 @@ import numpy as np
 import torch
 
 from . import bitpack
-from .base import Compressor, CompressorError, all_finite, check_batch, check_finite
+from .base import (
+    Compressor,
+    CompressorError,
+    MessageRangeError,
+    all_finite,
+    check_batch,
+    check_finite,
+)
 from .params import require_dim
 
 _WIRE_DTYPES = {16: torch.float16, 32: torch.float32, 64: torch.float64}
@@ -41,7 +48,7 @@ def identity(*, width: int = 32) -> Compressor:
         # out-of-range value into inf. The message then tells them apart.
         if not all_finite(values):
             check_finite(x, "identity")
-            raise CompressorError(
+            raise MessageRangeError(
                 f"identity: |x| = {x.abs().max().item():.6g} exceeds the range of the "
                 f"{width}-bit wire format"
             )

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import bitpack
-from .base import Compressor, CompressorError, check_finite
+from .base import Compressor, CompressorError, MessageRangeError, check_finite
 from .params import require_dim
 from .quantize import compute_dtype
 
@@ -95,7 +95,7 @@ def natural() -> Compressor:
         top = _max_exponent(x.dtype)
         biggest = max(float(x.amax()), -float(x.amin()))  # max |x|, without a |x| temporary
         if biggest > 2.0**top:
-            raise CompressorError(
+            raise MessageRangeError(
                 f"natural: |x| = {biggest:.6g} exceeds 2^{top}; rounding it up to a power of two "
                 f"would leave the range of the wire format / {x.dtype}"
             )

@@ -84,8 +84,7 @@ def qsgd(*, levels: int = 4, bucket_size: int | None = None) -> Compressor:
         _, B = num_blocks(d, bucket)
         xc = x.to(ct)
         norms = wire_scale(block_norms(xc, B, 2.0), x.dtype, "qsgd: a bucket's l2 norm")
-        u = streams.uniform(d, dtype=ct)
-        signed = stochastic_levels(xc, norms.to(ct), B, u, s, level_dtype)
+        signed = stochastic_levels(xc, norms.to(ct), B, streams, s, level_dtype)
         return QSGDPayload(norms, signed, x.dtype)
 
     def decompress(p: QSGDPayload) -> torch.Tensor:

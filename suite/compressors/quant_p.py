@@ -59,8 +59,7 @@ def quant_p(*, p=2, block_size: int | None = None) -> Compressor:
         _, B = num_blocks(d, block)
         xc = x.to(ct)
         norms = wire_scale(block_norms(xc, B, order), x.dtype, f"quant_p: a block's l{p} norm")
-        u = streams.uniform(d, dtype=ct)
-        trits = ternary(xc, norms.to(ct), B, u)
+        trits = ternary(xc, norms.to(ct), B, streams)
         return TernaryPayload(norms, trits, x.dtype)
 
     decompress, encode, decode, bits, entropy_bits = make_wire(block)

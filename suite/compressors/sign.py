@@ -27,7 +27,7 @@ import torch
 from . import bitpack
 from .base import Compressor, check_finite
 from .params import require_dim
-from .quantize import compute_dtype, wire_nearest
+from .quantize import block_norms, compute_dtype, wire_nearest
 
 
 class SignPayload(NamedTuple):
@@ -45,7 +45,7 @@ def sign() -> Compressor:
         w, d = x.shape
         check_dim(d)
         ct = compute_dtype(x.dtype)
-        a = torch.linalg.vector_norm(x.to(ct), ord=1, dim=1) / d
+        a = block_norms(x.to(ct), d, 1.0).squeeze(1) / d  # ‖x‖₁ may overflow where ‖x‖₁/d fits
         return SignPayload(wire_nearest(a, x.dtype, "sign: ‖x‖₁/d"), x < 0, x.dtype)
 
     def decompress(p: SignPayload) -> torch.Tensor:

@@ -13,11 +13,14 @@ Clipping (`clip`: null, or c > 0; the paper uses 2.5): before quantizing, g is c
 [−c·σ, c·σ] with σ the population standard deviation of the worker's vector around its mean, as
 in the authors' code (`clip_gradients_by_stddev`). A vector with σ = 0 (constant, or d = 1) is
 left unclipped: clipping it at 0 would erase the message. With clipping the compressor is
-unbiased for clip(g), not for g.
+unbiased for clip(g), not for g: E Q(g) = clip(g) ≠ g as soon as one entry is clipped, so it
+declares itself `biased` (its ω then describes the variance around clip(g) only), and
+algorithms whose analysis needs E Q(g) = g (DIANA's shift update, Local SGD, ...) refuse it.
 
-Constant: unbiased, ω(d) = (√d − 1)/2 for the per-worker scale: the variance is exactly
-‖g‖₁‖g‖_∞ − ‖g‖² ≤ ((1+√d)/2 − 1)‖g‖² (docs/theory.md §1, ψ_∞). With a shared scale s above this
-worker's max the variance is s‖g‖₁ − ‖g‖², which can exceed ω‖g‖² (`data_dependent`).
+Constant (no clipping): unbiased, ω(d) = (√d − 1)/2 for the per-worker scale: the variance is
+exactly ‖g‖₁‖g‖_∞ − ‖g‖² ≤ ((1+√d)/2 − 1)‖g‖² (docs/theory.md §1, ψ_∞). With a shared scale s
+above this worker's max the variance is s‖g‖₁ − ‖g‖², which can exceed ω‖g‖²
+(`data_dependent`).
 
 Bits: 32 + 2d (float32 scale, 2-bit packed trits); entropy_bits 32 + ⌈d·log₂3⌉ (ternary.py).
 """
@@ -44,7 +47,7 @@ def clip_bound(g: torch.Tensor, clip: float | None) -> torch.Tensor:
     # would lose the digits of σ², so those rows take the two-pass variance.
     d = g.shape[1]
     mean = g.sum(dim=1).double() / d
-    second = torch.linalg.vector_norm(g, dim=1).double().square() / d
+    second = block_norms(g, d, 2.0).squeeze(1).double().square() / d  # scaled if Σ g² overflows
     var = second - mean.square()
     lossy = var < 1e-3 * second
     if bool(lossy.any()):
@@ -113,8 +116,7 @@ def terngrad(*, clip: float | None = None) -> Compressor:
             # A shared scale above clip·σ would let entries beyond the bound keep probabilities
             # above clip·σ/S: clip explicitly.
             g = terngrad_clip(g, c)
-        u = streams.uniform(d, dtype=ct)
-        trits = ternary(g, s32.to(ct).unsqueeze(1), d, u)
+        trits = ternary(g, s32.to(ct).unsqueeze(1), d, streams)
         return TernaryPayload(s32.unsqueeze(1), trits, x.dtype)
 
     decompress, encode, decode, bits, entropy_bits = make_wire(None)
@@ -127,12 +129,14 @@ def terngrad(*, clip: float | None = None) -> Compressor:
     if c is not None:
         shared_note += (
             f" With clip={c} the compressor quantizes clip(g) (at {c}·std(g)): it is unbiased "
-            "for clip(g), not for g, and ω bounds the variance relative to ‖clip(g)‖² ≤ ‖g‖²."
+            "for clip(g), not for g (hence kind=biased), and (√d − 1)/2 bounds the variance "
+            "relative to ‖clip(g)‖² ≤ ‖g‖²."
         )
 
     return Compressor(
         name="terngrad",
-        kind="unbiased",
+        kind="unbiased" if c is None else "biased",
+        # with clip: not U(ω) (biased), but still (√d − 1)/2 around its mean clip(g)
         omega=lambda d: (math.sqrt(d) - 1.0) / 2.0,
         delta=None,
         compress=compress,
