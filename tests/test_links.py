@@ -99,8 +99,11 @@ def test_a_100mbit_link_makes_the_dense_all_reduce_as_slow_as_the_model_says(
     assert plain.status == "FINISHED", plain.reason
     assert "network namespace" not in err
     assert "time/comm_projected_per_step_s" not in plain.final  # no link to project onto
-    # the plain loopback moves 600 kB in a few milliseconds; the shaped one takes ~100 ms
-    assert measured > 5 * plain.final["time/comm_per_step_s"], (measured, plain.final)
+    # the plain loopback moves 600 kB in a few milliseconds; the shaped one takes ~100 ms. On a
+    # busy machine both also wait for the scheduler, by about the same amount: the shaping's
+    # own share is the difference, at least half of what the model says the link costs
+    plain_s = plain.final["time/comm_per_step_s"]
+    assert measured - plain_s > 0.5 * model, (measured, plain_s, model)
 
 
 @slow

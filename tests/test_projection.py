@@ -154,7 +154,7 @@ def test_the_projection_costs_each_runs_collectives_with_the_calibrated_alpha(st
             t = at("time/compute_s") + at("time/compress_s")
             if comp == "identity":  # one all_reduce of the [d] float64 partial sum a step
                 calls, n = at("comm/all_reduce_calls"), at("comm/all_reduce_bytes")
-                assert n == calls * 8 * r.data.metrics["task/dim"] and calls == step
+                assert n == calls * 8 * float(r.data.params["task/dim"]) and calls == step
                 t += calls * 2 * (W - 1) * ALPHA + n * 2 * (W - 1) / W / beta
             else:  # two all_gathers a step: the size, then the message
                 calls, n = at("comm/all_gather_calls"), at("comm/all_gather_bytes")

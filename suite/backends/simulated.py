@@ -68,12 +68,8 @@ class SimulatedBackend:
     def gather_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
         """Every worker's decoded message [K, d]. In one process the decoded batch is already
         here; the distributed backend ships `compressor.encode(payload)` instead."""
-        fixed = compressor.fixed_bits(decoded.shape[1]) \
-            if compressor.fixed_bits is not None else None
-        longest = (fixed + 7) // 8 if fixed is not None else \
-            ((compressor.bits(payload) + 7) // 8).max()  # a 0-d tensor: summed lazily
         self.ledger.add("all_gather", SIZE_BYTES)
-        self.ledger.add("all_gather", longest)
+        self.ledger.add("all_gather", _longest_message(compressor, payload, decoded.shape[1]))
         return decoded
 
     def exchange(self, msgs: list[bytes]) -> list[bytes]:
@@ -87,3 +83,16 @@ class SimulatedBackend:
 
     def barrier(self) -> None:
         pass
+
+
+def _longest_message(codec, payload, d: int):
+    """Bytes of the longest of the workers' encoded messages: what each rank's part of the
+    message all_gather is padded to. From the codec's own size where it declares one (a
+    fixed size, or bits per message); a scheme's codec that declares neither is encoded."""
+    fixed = getattr(codec, "fixed_bits", None)
+    if fixed is not None:
+        return (fixed(d) + 7) // 8
+    bits = getattr(codec, "bits", None)
+    if bits is not None:
+        return ((bits(payload) + 7) // 8).max()  # a 0-d tensor: summed lazily
+    return max((len(m) for m in codec.encode(payload)), default=0)
