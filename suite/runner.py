@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import suite
-from suite import artifacts, checkpoint, provenance, stores, sweep_guard
+from suite import artifacts, checkpoint, links, provenance, stores, sweep_guard
 from suite.algorithms import Context, build_algorithm, get_spec
 from suite.backends import make_backend
 from suite.comm import Channel
@@ -127,6 +127,10 @@ class Run:
             self.compressor.check_dim(self.task.dim)
 
         self.stopwatch = Stopwatch(self.device)
+        # the link the ranks run on (hardware.link.*), for the projected time of the
+        # collectives; None on the plain loopback and in the simulator
+        spec = links.link_spec(hw)
+        self.link = spec.model() if spec is not None else None
         ids = self.backend.worker_ids
         self.sample_streams = SharedStream(cfg.seed, "sampling", ids, K, self.device)
         self.compress_streams = WorkerStreams(cfg.seed, "compression", ids, self.device)
@@ -167,8 +171,11 @@ class Run:
             gamma=float(cfg.lr_gamma))
 
     def evaluate(self, state) -> dict[str, float]:
-        metrics = self.task.evaluate(self.algorithm.params(state))
-        metrics.update(self.channel.totals())
+        # evaluation's collectives (the model average, the bit totals) are not the step's
+        with self.backend.ledger.paused():
+            metrics = self.task.evaluate(self.algorithm.params(state))
+            metrics.update(self.channel.totals())
+        metrics.update(self.backend.ledger.metrics())
         return metrics
 
 
@@ -189,6 +196,8 @@ def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, out_dir: Path,
         "algorithm": run.algo_name,
         "compressor": comp,
         "task": cfg.task.name,
+        # the ranks the collectives in comm/<kind>_* ran over (or would, one worker per rank)
+        "comm.ranks": str(run.backend.ledger.ranks),
     }
     if sweep_id:
         tags["sweep.id"] = sweep_id
@@ -364,7 +373,7 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
         state, start, wall = algo.init(run.task.x0()), 0, 0.0
         metrics = run.evaluate(state)
         initial_loss = metrics["train/loss"]
-        tracker.log_metrics(metrics | _times(run, 0.0), step=0)
+        tracker.log_metrics(metrics | _times(run, 0.0, 0), step=0)
     else:
         state = checkpoint.restore(restored, run)
         start, wall, initial_loss = restored["step"], restored["wall"], restored["initial_loss"]
@@ -389,7 +398,7 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
                 tracker.log_metrics({"train/lr": v}, step=s)
             lr_log.clear()
             metrics = run.evaluate(state)
-            tracker.log_metrics(metrics | _times(run, wall), step=t + 1)
+            tracker.log_metrics(metrics | _times(run, wall, t + 1), step=t + 1)
             _check_divergence(metrics, initial_loss, cfg.divergence_threshold, t + 1)
             if bar is not None:
                 bar.update(t + 1 - bar.n)
@@ -401,7 +410,7 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
             save(state=state, step=t + 1, wall=wall, initial_loss=initial_loss)
     if bar is not None:
         bar.close()
-    return state, metrics | _times(run, wall)
+    return state, metrics | _times(run, wall, steps)
 
 
 def _step(algo, state, t: int, lr: float):
@@ -421,13 +430,20 @@ def _diverged(step: int, what: str) -> str:
     return f"diverged at step {step}: {what}; try a smaller lr"
 
 
-def _times(run: Run, wall: float) -> dict[str, float]:
-    """Cumulative seconds per part of the step, the slowest rank's (one collective)."""
+TIME_KEYS = ("time/compute_s", "time/compress_s", "time/comm_s", "time/wall_s")
+
+
+def _times(run: Run, wall: float, steps: int) -> dict[str, float]:
+    """Cumulative seconds per part of the step, the slowest rank's (one collective); on
+    distributed hardware also the seconds per step in the step's collectives, measured and
+    projected (suite/links.py)."""
     totals = run.stopwatch.totals
-    slowest = run.backend.max_over_ranks(
-        [totals["compute"], totals["compress"], totals["comm"], wall])
-    return dict(zip(("time/compute_s", "time/compress_s", "time/comm_s", "time/wall_s"),
-                    slowest, strict=True))
+    extra = links.measured_values(run.backend)
+    reduced = run.backend.max_over_ranks(
+        [totals["compute"], totals["compress"], totals["comm"], wall, *extra])
+    out = dict(zip(TIME_KEYS, reduced[:len(TIME_KEYS)], strict=True))
+    out.update(links.step_metrics(run.backend, run.link, steps, reduced[len(TIME_KEYS):]))
+    return out
 
 
 def _check_divergence(metrics, initial_loss, threshold, step):

@@ -26,6 +26,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from suite.config import ConfigError
+from suite.costmodel import LEDGER_KEYS
 from suite.launch import GRACE_S, TERM_WAIT_S, host_store
 from tests.conftest import ROOT, make_cfg
 
@@ -48,6 +49,9 @@ JOBS = {  # name: (overrides, exact)
 }
 DISTRIBUTED_ONLY = ("comm/bytes_up", "comm/wire_bytes", "comm/wire_header_bytes",
                     "comm/wire_padding_bytes")
+# The collectives a step performs depend on the rank layout (the simulated ledger is that of
+# one worker per rank, W = K; here W = 2 ranks of 2): compared on their own below.
+LEDGER = LEDGER_KEYS
 
 
 def _free_port() -> int:
@@ -85,7 +89,7 @@ def _parity_rank(rank: int, port: int, out_dir: str) -> None:
     backend = DistributedBackend(4, "cpu")
     got = backend.exchange([bytes([10 * rank + i]) * (3 * rank + i) for i in range(2)])
     results["exchange"] = (got, backend.wire_bytes, backend.wire_header_bytes,
-                           backend.wire_padding_bytes)
+                           backend.wire_padding_bytes, backend.ledger.totals())
     if rank == 0:
         torch.save(results, f"{out_dir}/results.pt")
 
@@ -141,7 +145,7 @@ def test_distributed_run_equals_simulated_run(runs, name):
     (sim_status, sim_hist, sim_x), (dist_status, dist_hist, dist_x) = runs[name]
     exact = JOBS[name][1]
     assert sim_status == dist_status == "FINISHED"
-    sim, dist = curves(sim_hist), curves(dist_hist, skip=DISTRIBUTED_ONLY)
+    sim, dist = curves(sim_hist, skip=LEDGER), curves(dist_hist, skip=DISTRIBUTED_ONLY + LEDGER)
     assert sim.keys() == dist.keys()
     assert len(sim["train/loss"]) == STEPS // EVERY + 1
     for key in ("comm/bits_up", "comm/bits_up_total", "comm/bits_up_alt_code",
@@ -179,9 +183,43 @@ def test_bytes_on_the_wire_equal_the_logged_bits(runs, name):
 
 
 def test_messages_of_unequal_sizes_arrive_whole_and_in_worker_order(runs):
-    got, payload, header, padding = runs["exchange"]  # rank 0's view
+    got, payload, header, padding, _ = runs["exchange"]  # rank 0's view
     assert got == [b"", b"\x01", b"\x0a" * 3, b"\x0b" * 4]
     assert (payload, header, padding) == (1, 2 * 8, 6)
+
+
+def test_the_ledger_records_what_each_rank_hands_to_its_collectives(runs):
+    # the exchange above: two int64 sizes, then rank 1's 7 bytes, the longest (rank 0 pads)
+    *_, ledger = runs["exchange"]
+    assert ledger["all_gather"] == (2, 2 * 8 + 7)
+    assert ledger["all_reduce"] == ledger["broadcast"] == (0, 0)
+
+
+@pytest.mark.parametrize("name", ["sgd", "ef_sgd_topk", "terngrad"])
+def test_the_distributed_ledger_is_the_step_collectives_of_two_workers_per_rank(runs, name):
+    """Per step, per rank, from what was logged: dense, one all_reduce of the float64 [d]
+    partial sum; compressed, two all_gathers: 2 int64 sizes, then 2 messages' bytes (equal
+    sizes: nothing to pad); TernGrad also an all_reduce MAX of its float32 scale. Evaluation's
+    collectives (bit totals, model average) are not the step's and are not in it. The
+    simulated run's ledger is the same step with one worker per rank."""
+    (_, sim_hist, x), (_, dist_hist, _) = runs[name]
+    d, held = x.numel(), 4 // WORLD  # workers=4 (COMMON) on WORLD ranks
+    for history, w in ((dist_hist, held), (sim_hist, 1)):
+        last = {key: values[-1][1] for key, values in curves(history).items()}
+        rounds = last["comm/rounds"]
+        message = math.ceil(last["comm/bits_up"] / rounds / 8)  # fixed-size messages
+        if name == "sgd":
+            assert last["comm/all_reduce_calls"] == rounds
+            assert last["comm/all_reduce_bytes"] == rounds * 8 * d
+            assert "comm/all_gather_calls" not in last
+            continue
+        assert last["comm/all_gather_calls"] == 2 * rounds
+        assert last["comm/all_gather_bytes"] == rounds * w * (8 + message)
+        if name == "terngrad":
+            assert (last["comm/all_reduce_calls"], last["comm/all_reduce_bytes"]) == \
+                (rounds, rounds * 4)
+        else:
+            assert "comm/all_reduce_calls" not in last
 
 
 def test_dense_all_reduce_ships_one_partial_sum_per_rank(runs):
