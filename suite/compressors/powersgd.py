@@ -23,8 +23,9 @@ tensor of two or more dimensions is one matrix, [shape[0], prod(shape[1:])] (a c
 output channels by its fan-in, as the paper does), and every tensor of fewer dimensions (biases,
 BatchNorm scales) is sent uncompressed at 32 bits per coordinate, as in the paper. Without
 shapes (a d-vector such as logistic regression's), the vector is viewed row-major as one n×m
-matrix with n = ⌈√d⌉ rows and m = ⌈d/n⌉ columns, zero-padded to n·m ≥ d (fewer than n pad
-entries); the padding is never decoded into the message.
+matrix with m = ⌈√d⌉ columns and n = ⌈d/m⌉ ≤ m rows, zero-padded to n·m ≥ d (fewer than m pad
+entries); the padding is never decoded into the message. n ≤ m, as for every convolution, so
+that rank r = n reproduces each message, not only their mean.
 
 Bits per worker and round: Σ over matrices 32·r'·(n + m), plus 32 per uncompressed
 coordinate, exactly (the factors travel as float32, and the simulation continues from the
@@ -90,9 +91,10 @@ class PowerState(NamedTuple):
 
 
 def matrix_shape(d: int) -> tuple[int, int]:
-    """The n×m view of a d-vector: n = ⌈√d⌉ rows, m = ⌈d/n⌉ columns (n·m ≥ d, n·m − d < n)."""
-    rows = math.isqrt(d - 1) + 1 if d > 1 else 1
-    return rows, -(-d // rows)
+    """The n×m view of a d-vector: m = ⌈√d⌉ columns, n = ⌈d/m⌉ ≤ m rows (n·m ≥ d,
+    n·m − d < m)."""
+    cols = math.isqrt(d - 1) + 1 if d > 1 else 1
+    return -(-d // cols), cols
 
 
 def layout(d: int, shapes, rank: int, device=None) -> Layout:
