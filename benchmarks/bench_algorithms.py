@@ -10,7 +10,9 @@ shared machine wall-clock rates moved by ±30% between runs as other jobs came a
 one thread's own CPU time does not count the time the scheduler gives to others. The cases are
 timed round-robin, `--repeats` rounds, and each keeps its best round. "up bits/it" is the
 mean up-link bits per worker per iteration, from the channel's own counters. DQGD uses full
-local gradients (64 samples a worker, not 16), which is part of its cost.
+local gradients (64 samples a worker, not 16), which is part of its cost; so does MARINA, whose
+up bits per iteration vary with its coin (the mean over the timed iterations). PowerSGD views
+the 300-vector as one 17×18 matrix (docs/theory.md §12).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ CASES = [
     ("terngrad", "terngrad", ("algorithm=terngrad", "compressor=terngrad")),
     ("dqgd (full gradients)", "quant_p (p=2)",
      ("algorithm=dqgd", "compressor=quant_p", "batch_size=full")),
+    ("ef21 (EF21-SGD)", "topk 1%", ("algorithm=ef21", *TOP1)),
+    ("marina (full gradients)", "randk 1% (p = 1/(ω+1))",
+     ("algorithm=marina", "compressor=randk", "compressor.ratio=0.01", "batch_size=full")),
+    ("ef_sgd", "powersgd r=2 (17×18 view)", ("algorithm=ef_sgd", "compressor=powersgd")),
 ]
 
 

@@ -389,6 +389,8 @@ RUNS = {
     "delayed_sgd": ("algorithm.mode=random", "algorithm.max_delay=3"),
     "local_sgd": ("algorithm.local_steps=3", "algorithm.output=weighted"),
     "diana": ("compressor=quant_p", "algorithm.momentum=0.5"),
+    "ef21": TOP2,
+    "marina": ("compressor=randk", "compressor.k=3", "compressor.ratio=null", "batch_size=full"),
 }
 
 
