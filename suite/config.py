@@ -21,7 +21,7 @@ ROOT_KEYS = {
     "workers", "batch_size", "steps", "lr", "lr_schedule", "lr_offset", "seed", "eval_every",
     "divergence_threshold", "progress", "warmup_steps", "lr_milestones", "lr_gamma",
     "resume", "checkpoint_every", "checkpoint_path",
-    "task", "algorithm", "compressor", "hardware", "tracking", "experiment",
+    "task", "algorithm", "compressor", "downlink", "hardware", "tracking", "experiment",
 }
 LR_SCHEDULES = ("constant", "decaying", "warmup_cosine", "step")
 
@@ -121,7 +121,7 @@ def refused_override(exc: BaseException) -> ConfigError | None:
     if not isinstance(parent, DictConfig) or not isinstance(full_key, str):
         return None
     group, _, key = full_key.partition(".")
-    if group not in ("task", "algorithm", "compressor") or not key or "." in key:
+    if group not in ("task", "algorithm", "compressor", "downlink") or not key or "." in key:
         return None
     if not isinstance(parent.get("name"), str) or key in parent:
         return None

@@ -45,10 +45,12 @@ class SimulatedBackend:
             return x.mean(0)
         return REDUCE[op](x)
 
-    def gather_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
-        """Every worker's decoded message [K, d]. In one process the decoded batch is already
-        here; the distributed backend ships `compressor.encode(payload)` instead."""
-        return decoded
+    def gather_messages(self, compressor, payload, decoded: torch.Tensor, sample=None
+                        ) -> torch.Tensor:
+        """Every worker's decoded message [K, d] (with a `sample`, the sampled workers' [m, d],
+        global order). In one process the decoded batch is already here; the distributed
+        backend ships `compressor.encode(payload)` instead."""
+        return decoded if sample is None else decoded[sample.mask]
 
     def exchange(self, msgs: list[bytes]) -> list[bytes]:
         """All K workers' messages: in one process, the ones given."""
