@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a plain checkout too
 
+from suite.comm.votes import SignCodec, Signs  # noqa: E402
 from suite.compressors import build_compressor  # noqa: E402
 from suite.rng import WorkerStreams  # noqa: E402
 
@@ -137,7 +138,49 @@ def main() -> None:
             flag = "" if round(ratio, 2) >= TARGET else " (below 20%)"
             print(f"| {label(name, hp)} | [{w}, {d:_}] | {nbytes / t / 1e9:.2f} | "
                   f"{ratio:.2f}{flag} | {enc} | {dec} | {bits:.3f} | {t * 1e6:.1f} |", flush=True)
+        for row in scheme_rows(x, clone_gbs, args):
+            print(row, flush=True)
     bench_powersgd(max(3, args.reps), args.quick)
+
+
+
+def scheme_rows(x: torch.Tensor, clone_gbs: float, args) -> list[str]:
+    """The message arithmetic of the methods that are not a compressor option: majority vote's
+    signs (suite/comm/votes.py: compress = the sign bits, decompress = ±1; encode = 1-bit
+    packing) and EF21-P's down-link step with top-k 1% (suite/comm/downlinks.py: p = e + v,
+    C(p), e ← p − C(p)) on each row as the one broadcast vector."""
+    w, d = x.shape
+    nbytes = x.numel() * x.element_size()
+    rows = []
+
+    def vote(x=x):
+        return SignCodec.decompress(Signs(x < 0, x.dtype))
+
+    t = best_time(vote, args.reps)
+    payload = Signs(x < 0, x.dtype)
+    if args.no_encode:
+        enc = dec = "-"
+    else:
+        msgs = SignCodec.encode(payload)
+        t_enc = best_time(lambda: SignCodec.encode(payload), 1)
+        t_dec = best_time(lambda: SignCodec.decode(msgs, d, torch.float32), 1)
+        enc, dec = f"{nbytes / t_enc / 1e9:.2f}", f"{nbytes / t_dec / 1e9:.2f}"
+    rows.append(f"| majority vote signs | [{w}, {d:_}] | {nbytes / t / 1e9:.2f} | "
+                f"{nbytes / t / 1e9 / clone_gbs:.2f} | {enc} | {dec} | 1.000 |")
+    top = build_compressor("topk", ratio=0.01)
+    streams = WorkerStreams(0, "bench", list(range(w)))
+    e = torch.zeros_like(x)
+
+    def ef21p(x=x, e=e):
+        p = e + x
+        sent = top.decompress(top.compress(p, streams))
+        return p - sent
+
+    t = best_time(ef21p, args.reps)
+    bits = float(top.bits(top.compress(x, streams)).double().mean()) / d
+    rows.append(f"| EF21-P step, topk ratio=0.01 | [{w}, {d:_}] | {nbytes / t / 1e9:.2f} | "
+                f"{nbytes / t / 1e9 / clone_gbs:.2f} | - | - | {bits:.3f} |")
+    return rows
 
 
 def bench_powersgd(reps: int, quick: bool) -> None:

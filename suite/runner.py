@@ -25,8 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 import suite
 from suite import artifacts, checkpoint, links, provenance, stores, sweep_guard
 from suite.algorithms import Context, build_algorithm, get_spec
+from suite.algorithms.bidirectional import downlink_constants, run_theorem
 from suite.backends import make_backend
 from suite.comm import Channel
+from suite.comm.downlinks import DEFAULT as DEFAULT_DOWNLINK
+from suite.comm.downlinks import downlink_scheme, is_dense
 from suite.compressors import REGISTRY as COMPRESSORS
 from suite.compressors import build_compressor
 from suite.compressors.base import MessageRangeError
@@ -66,6 +69,10 @@ class RunResult:
 def config_hash(cfg: DictConfig) -> str:
     """Stable hash of the resolved config minus tracking keys: equal hashes, equal runs."""
     d = {k: v for k, v in resolved_dict(cfg).items() if k not in UNHASHED_KEYS}
+    if d.get("downlink") == DEFAULT_DOWNLINK:
+        # the uncompressed broadcast every run had before the `downlink` group existed: runs
+        # recorded then keep their hash (resume=true still finds them)
+        del d["downlink"]
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -126,6 +133,16 @@ class Run:
         if getattr(self.compressor, "check_dim", None) is not None:
             self.compressor.check_dim(self.task.dim)
 
+        # the server's broadcast: an option of the compressors (suite/comm/downlinks.py)
+        down_name, down_kwargs = group_kwargs(cfg, "downlink")
+        if down_name not in COMPRESSORS:
+            raise ConfigError(
+                f"downlink={down_name!r} is not known; allowed: {COMPRESSORS.allowed()}")
+        bind(COMPRESSORS[down_name], "downlink", down_name, down_kwargs)
+        self.downlink = downlink_scheme(build_compressor(down_name, **down_kwargs), down_name)
+        if self.downlink.check_dim is not None:
+            self.downlink.check_dim(self.task.dim)
+
         self.stopwatch = Stopwatch(self.device)
         # the link the ranks run on (hardware.link.*), for the projected time of the
         # collectives; None on the plain loopback and in the simulator
@@ -135,7 +152,7 @@ class Run:
         self.sample_streams = SharedStream(cfg.seed, "sampling", ids, K, self.device)
         self.compress_streams = WorkerStreams(cfg.seed, "compression", ids, self.device)
         self.channel = Channel(self.backend, self.compressor, self.compress_streams,
-                               self.stopwatch, seed=cfg.seed,
+                               self.stopwatch, downlink=self.downlink, seed=cfg.seed,
                                shapes=getattr(self.task, "param_shapes", None))
         ctx = Context(self.task, self.channel, self.sample_streams, self.batch_size,
                       self.stopwatch)
@@ -157,12 +174,16 @@ class Run:
         lr_arg = None if cfg.lr == "theory" else float(cfg.lr)
         self.theorem = None
         if {"L", "mu"} <= self.task.constants.keys():
-            self.theorem = spec.theorem(self.task.constants, lr=lr_arg, **theorem_args)
+            down = None if is_dense(self.downlink) else \
+                downlink_constants(down_name, down_kwargs, d)
+            self.theorem = run_theorem(spec, self.task.constants, downlink=down, lr=lr_arg,
+                                       **theorem_args)
         if lr_arg is None:
             if not math.isfinite(self.theorem.lr_max):
                 raise ConfigError(
                     f"lr=theory: no theorem admits a step size for algorithm={self.algo_name} "
-                    f"with compressor={comp_name} ({self.theorem.source}); set lr to a number")
+                    f"with compressor={comp_name}, downlink={down_name} "
+                    f"({self.theorem.source}); set lr to a number")
             lr_arg = self.theorem.lr_max
         self.lr0 = lr_arg
         self.schedule = make_schedule(

@@ -250,11 +250,22 @@ class DistributedBackend:
             os._exit(1)
         self._rounds += 1
 
-    def gather_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
+    def gather_messages(self, compressor, payload, decoded: torch.Tensor, sample=None
+                        ) -> torch.Tensor:
         """All K workers' decoded messages [K, d], global order; `decoded` holds this rank's.
         The messages travel as `compressor.encode(payload)` bytes, and every rank decodes the
-        same [K, d] tensor the simulated backend holds."""
-        msgs = self.exchange(compressor.encode(payload))
+        same [K, d] tensor the simulated backend holds.
+
+        With a `sample` (partial participation): the workers not sampled send empty messages
+        (their size, 0, still travels in the header) and the m sampled ones are decoded,
+        [m, d] in global order, the rows the simulated backend selects."""
+        msgs = compressor.encode(payload)
+        if sample is not None:
+            msgs = [m if keep else b"" for m, keep in zip(msgs, sample.held.tolist(),
+                                                          strict=True)]
+        msgs = self.exchange(msgs)
+        if sample is not None:
+            msgs = [msgs[k] for k in sample.mask.nonzero().flatten().tolist()]
         everyone = compressor.decode(msgs, decoded.shape[1], decoded.dtype, self.device)
         return compressor.decompress(everyone)
 

@@ -65,12 +65,14 @@ class SimulatedBackend:
             return x.mean(0)
         return REDUCE[op](x)
 
-    def gather_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
-        """Every worker's decoded message [K, d]. In one process the decoded batch is already
-        here; the distributed backend ships `compressor.encode(payload)` instead."""
+    def gather_messages(self, compressor, payload, decoded: torch.Tensor, sample=None
+                        ) -> torch.Tensor:
+        """Every worker's decoded message [K, d] (with a `sample`, the sampled workers' [m, d],
+        global order). In one process the decoded batch is already here; the distributed
+        backend ships `compressor.encode(payload)` instead."""
         self.ledger.add("all_gather", SIZE_BYTES)
         self.ledger.add("all_gather", _longest_message(compressor, payload, decoded.shape[1]))
-        return decoded
+        return decoded if sample is None else decoded[sample.mask]
 
     def exchange(self, msgs: list[bytes]) -> list[bytes]:
         """All K workers' messages: in one process, the ones given."""
