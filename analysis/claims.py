@@ -23,7 +23,6 @@ from . import rates
 from .groups import (
     SUBOPT,
     Group,
-    choose_target,
     series_speedup,
     speedup_series,
     speedup_target,
@@ -451,7 +450,7 @@ def claim_diloco_rounds(groups: list[Group]) -> Claim:
             continue
         # the tightest rung of the ladder that averaging reaches with half of its seeds (so
         # that its rounds are measured), and the rounds = iterations/H to it, per seed
-        eps, level = choose_target([avg])
+        eps, level = _reached_level(avg)
         rounds = {name: target_costs(g, eps).per_seed["iterations"] / float(H)
                   for name, g in (("nesterov", nes), ("averaging", avg))}
         n, a = rounds["nesterov"], rounds["averaging"]
@@ -462,6 +461,21 @@ def claim_diloco_rounds(groups: list[Group]) -> Claim:
                           f"averaging [{show(a)}]")
     c.verdict = _verdict(checks) if checks else "inconclusive"
     return c
+
+
+# The relative targets a claim may measure its costs at, tightest first.
+CLAIM_LADDER = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def _reached_level(g: Group) -> tuple[float, float]:
+    """(ε, r): the tightest r of CLAIM_LADDER that g reaches with at least half of its seeds,
+    ε = r·F0 (F0 = f(x0) − f*, its initial gap); the loosest when none is reached."""
+    F0 = float(np.nanmedian(g.initial_gap))
+    Y = g.ended[SUBOPT]
+    for r in CLAIM_LADDER:
+        if Y.size and (rates.hitting(Y, r * F0) >= 0).sum() * 2 >= len(Y):
+            return r * F0, r
+    return CLAIM_LADDER[-1] * F0, CLAIM_LADDER[-1]
 
 
 def evaluate(groups: list[Group], comps: dict[str, Comparison]) -> list[Claim]:
