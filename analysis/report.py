@@ -25,12 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from suite import costmodel
 from suite.config import TUNE_COSTS
 
 from . import claims as claims_mod
 from . import groups as G
 from . import leaderboard as LB
 from . import plots, rates, report_out, tuning
+from . import projection as P
 from .document import Doc
 from .runs import REPORT_TAG, RunSet, load_runs, parse_value
 from .theory import RATE_TOL, compare
@@ -444,25 +446,76 @@ class Report:
             self._image(doc, f"speedup_{slug(exp)}.png", png, f"speedup {exp}")
 
     def _projection(self, doc: Doc) -> None:
-        doc.heading("Projected time to target on real links (alpha-beta model)")
-        doc.para(f"time = T_ε·(c + α·r) + B_ε/β, with T_ε the iterations to ε, c the measured "
-                 f"compute and compression seconds per step, r the communication rounds per "
-                 f"step, α = {self.alpha * 1e6:g} µs latency per round, B_ε the bits a worker "
-                 f"sends and receives (up + down) until ε, and β the link bandwidth. Evaluated "
-                 f"per seed at its own T_ε, then the median over seeds as above (censored seeds "
-                 f"count as not reached). c is measured in the simulator, where one process "
-                 f"computes all K workers' gradients: an upper bound on one worker's compute.")
+        doc.heading("Projected time to target on real links (collective model)")
+        cal = P.latest_calibration(self.runset.tracking_uri)
+        calibrated = cal is not None and math.isfinite(cal.alpha_s)
+        alpha = cal.alpha_s if calibrated else self.alpha
+        source = (f"the latest calibration's, run `{cal.run_id}` below" if calibrated else
+                  "a default: no calibration in this store; run `commsgd-calibrate` where the "
+                  "runs are recorded")
+        doc.para(
+            "Collective model (suite/costmodel.py): each run's own collectives, as it logged "
+            "them (comm/<kind>_calls, comm/<kind>_bytes: what a distributed run handed to its "
+            "collectives, or what a simulated one would with one worker per rank, W = K), "
+            "each costed by the ring algorithms on W ranks: all_reduce of n bytes "
+            "2(W−1)·α + 2(W−1)/W·n/β, all_gather of n bytes (variable-size messages padded "
+            "to the longest) (W−1)·α + (W−1)·n/β, broadcast (W−1)·α + (W−1)·n/β; PowerSGD's "
+            "two all-reduces are two all_reduce terms. Links: switched full-duplex Ethernet "
+            "per rank at the rate shown, β = rate × 1448/1538 (TCP/IPv4 payload in 1500-byte "
+            f"frames), α = {alpha * 1e6:.4g} µs per message ({source}). time = T_ε·c + the "
+            "model's time for the collectives until T_ε, with T_ε the iterations to ε and c "
+            "the measured compute and compression seconds per step; evaluated per seed, then "
+            "the median over seeds (censored seeds count as not reached). c is measured in the "
+            "simulator, where one process computes all K workers' gradients (an upper bound on "
+            "one worker's), and leaves out encoding and decoding to bytes, which the simulator "
+            "never does (benchmarks/bench_links.py measures them). † marks groups whose runs "
+            "predate the ledger: the bit model (up + down bits / rate + α per round).")
+        if cal is not None:
+            over = cal.overall
+            doc.para(
+                f"Latest calibration: run `{cal.run_id}` ({cal.started}), {cal.world_size} "
+                f"ranks on a tc-shaped loopback, MTU {cal.mtu}. Its fitted model against its "
+                f"own measurements, |model − measured| / measured: median "
+                f"{over.get('median_rel_error', math.nan):.1%}, max "
+                f"{over.get('max_rel_error', math.nan):.1%} over all samples; on the "
+                f"bandwidth side (the sizes β is fitted on) median "
+                f"{over.get('bandwidth_median_rel_error', math.nan):.1%}, max "
+                f"{over.get('bandwidth_max_rel_error', math.nan):.1%}.")
+            doc.table(["link", "α µs", "β MB/s", "β / rate", "median error", "max error",
+                       "bandwidth side: median", "max"],
+                      [[rate, num(v.get("alpha_s", math.nan) * 1e6),
+                        num(v.get("bytes_per_s", math.nan) / 1e6, 4),
+                        num(v.get("beta_over_rate", math.nan)),
+                        f"{v.get('median_rel_error', math.nan):.1%}",
+                        f"{v.get('max_rel_error', math.nan):.1%}",
+                        f"{v.get('bandwidth_median_rel_error', math.nan):.1%}",
+                        f"{v.get('bandwidth_max_rel_error', math.nan):.1%}"]
+                       for rate, v in sorted(cal.rates.items())])
         for gs in G.by_problem(self.groups).values():
             eps = self.targets[gs[0].problem][0]
             doc.heading(gs[0].problem_label, 3)
             rows = []
             for g in gs:
-                proj = [G.projected_time(g, eps, gbps, alpha=self.alpha, n_boot=self.n_boot)
-                        for gbps in G.LINKS_GBPS]
-                rows.append((proj[0].median.value, [g.method] + [cens(p) for p in proj]))
+                proj = [P.projected_time(self.runset, g, eps, costmodel.Link.ethernet(
+                    gbps * 1e9, alpha_s=alpha), n_boot=self.n_boot) for gbps in G.LINKS_GBPS]
+                mark = "" if all(used for _, used in proj) else " †"
+                rows.append((proj[0][0].median.value,
+                             [g.method + mark] + [cens(p) for p, _ in proj]))
             rows.sort(key=lambda r: r[0])
             doc.table(["method"] + [f"{b} Gbit/s: s to ε [95% CI]" for b in G.LINKS_GBPS],
                       [r for _, r in rows])
+        shaped = P.shaped_runs(self.runset)
+        if shaped:
+            doc.heading("Measured against projected: runs on shaped links", 3)
+            doc.para("Runs made with hardware.link.rate (a tc-shaped loopback shared by the "
+                     "ranks): their collectives' seconds per step as measured (time/"
+                     "comm_per_step_s: the rank that waited least) and as the collective "
+                     "model projects them for that link and those collectives (time/"
+                     "comm_projected_per_step_s); median over seeds.")
+            doc.table(["method", "problem", "link", "seeds", "measured s / step",
+                       "projected s / step", "measured / projected"],
+                      [[r["method"], r["problem"], r["link"], r["seeds"], num(r["measured"]),
+                        num(r["projected"]), num(r["ratio"])] for r in shaped])
 
     def _failures(self, doc: Doc) -> None:
         runs = self.runset.runs

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from suite.costmodel import LEDGER_KEYS
+
 # Metrics the analysis reads. train/lr is logged every step and is not needed for any fit, so it
 # is skipped by default: it is the largest history by far.
 DEFAULT_KEYS = (
@@ -42,7 +44,7 @@ DEFAULT_KEYS = (
     "comm/bits_up", "comm/bits_up_total", "comm/bits_up_alt_code", "comm/bits_up_entropy",
     "comm/bits_down", "comm/rounds",
     "time/compute_s", "time/compress_s", "time/comm_s", "time/wall_s",
-)
+) + LEDGER_KEYS  # the step's collectives, for the projection onto links (analysis/projection)
 REPORT_TAG = "commsgd.report"
 CONSTANT_PREFIX = "task/"  # the task constants: params task/<name> (metrics in older runs)
 # Metrics renamed since older runs logged them: old name -> the name the analysis uses.

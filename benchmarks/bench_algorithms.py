@@ -9,8 +9,14 @@ is not timed. Rates are iterations per second of *process CPU time* (time.proces
 shared machine wall-clock rates moved by ±30% between runs as other jobs came and went, while
 one thread's own CPU time does not count the time the scheduler gives to others. The cases are
 timed round-robin, `--repeats` rounds, and each keeps its best round. "up bits/it" is the
-mean up-link bits per worker per iteration, from the channel's own counters. DQGD uses full
-local gradients (64 samples a worker, not 16), which is part of its cost.
+mean up-link bits per worker per iteration, from the channel's own counters ("down bits/it"
+the same for the broadcast). DQGD uses full
+local gradients (64 samples a worker, not 16), which is part of its cost; so does MARINA, whose
+up bits per iteration vary with its coin (the mean over the timed iterations). PowerSGD views
+the 300-vector as one 17×18 matrix (docs/theory.md §12).
+FedAvg and SCAFFOLD
+with participation p < 1 still draw (and discard) the minibatches of the workers not sampled
+(docs/theory.md §15), so their step costs as much as with everyone.
 """
 
 from __future__ import annotations
@@ -47,6 +53,21 @@ CASES = [
     ("terngrad", "terngrad", ("algorithm=terngrad", "compressor=terngrad")),
     ("dqgd (full gradients)", "quant_p (p=2)",
      ("algorithm=dqgd", "compressor=quant_p", "batch_size=full")),
+    ("ef21 (EF21-SGD)", "topk 1%", ("algorithm=ef21", *TOP1)),
+    ("marina (full gradients)", "randk 1% (p = 1/(ω+1))",
+     ("algorithm=marina", "compressor=randk", "compressor.ratio=0.01", "batch_size=full")),
+    ("ef_sgd", "powersgd r=2 (17×18 view)", ("algorithm=ef_sgd", "compressor=powersgd")),
+    ("majority_vote", "(signs, 1 bit each way)", ("algorithm=majority_vote",)),
+    ("majority_vote β=0.9 (Signum)", "(signs, 1 bit each way)",
+     ("algorithm=majority_vote", "algorithm.momentum=0.9")),
+    ("sgd, downlink=topk 1% (EF21-P)", "identity", ("downlink=topk", "downlink.ratio=0.01")),
+    ("fedavg H=8", "identity", ("algorithm=fedavg", "algorithm.local_steps=8")),
+    ("fedavg H=8 p=0.5 Nesterov (DiLoCo)", "identity",
+     ("algorithm=fedavg", "algorithm.local_steps=8", "algorithm.participation=0.5",
+      "algorithm.server_lr=0.7", "algorithm.server_momentum=0.9", "algorithm.nesterov=true")),
+    ("scaffold H=8", "identity", ("algorithm=scaffold", "algorithm.local_steps=8")),
+    ("scaffold H=8 p=0.5", "identity",
+     ("algorithm=scaffold", "algorithm.local_steps=8", "algorithm.participation=0.5")),
 ]
 
 
@@ -65,8 +86,8 @@ class Case:
             s = step(s, t, 0.05)
         self.state, self.t = s, self.t + m
 
-    def bits_per_iteration(self) -> float:
-        return self.run.channel.totals()["comm/bits_up"] / self.t
+    def bits_per_iteration(self, direction: str = "up") -> float:
+        return self.run.channel.totals()[f"comm/bits_{direction}"] / self.t
 
 
 def cpu_rate(fn, iterations: int) -> float:
@@ -93,8 +114,10 @@ def main():
     rows = []
     for (name, comp, _), case, rate in zip(CASES, cases, rates, strict=True):
         rows.append([name, comp, f"{rate:,.0f}", f"{rates[0] / rate:.2f}",
-                     f"{case.bits_per_iteration():,.0f}"])
-    print(table(["algorithm", "compressor", "it/s", "time vs sgd", "up bits/it"], rows))
+                     f"{case.bits_per_iteration():,.0f}",
+                     f"{case.bits_per_iteration('down'):,.0f}"])
+    print(table(["algorithm", "compressor", "it/s", "time vs sgd", "up bits/it",
+                 "down bits/it"], rows))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 A checkpoint holds the step, the algorithm's explicit state (parameters, error memories, DIANA
 shifts, delay queues, local models), every per-worker generator's state, the channel's bit
-counters, its schemes' states (per lane) and shared streams, the timers, the task's own state
-where it has one (a network's BatchNorm statistics), and the MLflow run it belongs to: the run
-id and the store's URI. Restoring it and running on gives the same metrics and, on the CPU,
+counters, its schemes' states (per lane) and shared streams, the timers, the backend's
+collective ledger, the task's own state where it has one (a network's BatchNorm statistics),
+and the MLflow run it belongs to: the run id and the store's URI. Restoring it and running on
+gives the same metrics and, on the CPU,
 bit-identical parameters.
 
 Where: `checkpoints/<config_hash>.pt` in the launch directory, so that `resume=true` finds the
@@ -97,6 +98,7 @@ def save(path: Path, *, run, state, step: int, wall: float, initial_loss: float,
         "channel": channel.counters() | {"rounds": channel.rounds},
         "comm": _plain_tree(channel.scheme_state()),
         "stopwatch": dict(run.stopwatch.totals),
+        "ledger": run.backend.ledger.state(),
         "wall": wall,
         "initial_loss": initial_loss,
         "run_id": run_id,
@@ -183,6 +185,8 @@ def restore(payload: dict, run):
         lanes = {name: _to_device(states, device) for name, states in comm["lanes"].items()}
         run.channel.load_scheme_state(comm | {"lanes": lanes})
     run.stopwatch.totals.update(payload["stopwatch"])
+    if "ledger" in payload:  # older checkpoints have none: the ledger restarts from zero
+        run.backend.ledger.load(payload["ledger"])
     if payload.get("task_state") is not None:
         run.task.load_state_dict(payload["task_state"])
     return type(template)(*(_to_device(v, device) for v in saved))

@@ -23,7 +23,8 @@ ROOT_KEYS = {
     "workers", "batch_size", "steps", "lr", "lr_schedule", "lr_offset", "seed", "eval_every",
     "divergence_threshold", "progress", "warmup_steps", "lr_milestones", "lr_gamma",
     "resume", "checkpoint_every", "checkpoint_path",
-    "task", "algorithm", "compressor", "hardware", "tracking", "experiment", "leaderboard",
+    "task", "algorithm", "compressor", "downlink", "hardware", "tracking", "experiment",
+    "leaderboard",
 }
 LR_SCHEDULES = ("constant", "decaying", "warmup_cosine", "step")
 OPTIONAL_ROOT_KEYS = {"experiment"}  # a preset; every other root key must be there
@@ -261,7 +262,7 @@ def refused_key(full_key: str, parent) -> ConfigError | None:
     if not isinstance(parent, DictConfig):
         return None
     group, _, key = full_key.partition(".")
-    if group not in ("task", "algorithm", "compressor") or not key or "." in key:
+    if group not in ("task", "algorithm", "compressor", "downlink") or not key or "." in key:
         return None
     if not isinstance(parent.get("name"), str) or key in parent:
         return None

@@ -1,6 +1,7 @@
 """Config nodes for every registered option, generated from its factory's keyword arguments.
 
-For each option of the `algorithm`, `compressor` and `task` groups (suite/plugins.py), the node
+For each option of the `algorithm`, `compressor` and `task` groups (suite/plugins.py), and of
+the `downlink` group (whose options are the compressors: `DERIVED`), the node
 `<group>=<name>` is `{name: <name>, <key>: <default>, ...}` over the factory's keyword
 parameters (an algorithm's `build(ctx, *, ...)`, a compressor's factory, a task's constructor
 minus `workers`, `worker_ids`, `device`); a parameter without a default becomes a mandatory
@@ -37,8 +38,14 @@ from suite.errors import PluginError
 from suite.plugins import REGISTRIES
 
 PROVIDER = "commsgd"
+# Config groups whose options are another group's registry: `downlink=<compressor>` offers
+# every compressor option for the server's broadcast (suite/comm/downlinks.py), its keys
+# generated from the same factories.
+DERIVED = {"downlink": "compressor"}
+GROUPS = {**REGISTRIES, **{group: REGISTRIES[of] for group, of in DERIVED.items()}}
 # parameters the run fills in itself, never config keys
-FIXED = {"algorithm": ("ctx",), "compressor": (), "task": ("workers", "worker_ids", "device")}
+FIXED = {"algorithm": ("ctx",), "compressor": (), "downlink": (),
+         "task": ("workers", "worker_ids", "device")}
 MISSING = "???"
 _CONFIG_VALUES = (type(None), bool, int, float, str)
 
@@ -78,7 +85,7 @@ def _config_value(group: str, name: str, key: str, value):
 def node(group: str, name: str) -> tuple[dict, str | None]:
     """(the generated node, its package: None for the group's own, '_global_' when the option
     also sets keys outside its group)."""
-    option = REGISTRIES[group][name]
+    option = GROUPS[group][name]
     body = {"name": name, **option_keys(group, name, factory_of(group, option))}
     if group != "algorithm":
         return body, None
@@ -120,7 +127,7 @@ def register(search_path) -> dict[str, list[str]]:
     composing succeeds and the run refuses it with the registry's one-line PluginError."""
     cs = ConfigStore.instance()
     stored: dict[str, list[str]] = {}
-    for group, registry in REGISTRIES.items():
+    for group, registry in GROUPS.items():
         names = list(registry)
         stored[group] = []
         for name in names:

@@ -12,6 +12,9 @@ launcher's own duties are the ones no rank can do for itself:
 
 - Refuse a job that cannot run (workers not divisible by world_size, ...) before starting any.
 - Serve the rendezvous store (as torchrun's agent does), bound before the ranks start.
+- With hardware.link.rate or .delay, serve it and start the ranks inside a network namespace
+  whose loopback is shaped so (suite/links.py, suite/netns.py), the launcher itself staying
+  on the host's network; the kernel frees the namespace with the last of them.
 - When a rank fails, give the others the process-group timeout (plus a short grace) to notice
   and exit on their own, so that rank 0 can close its run; then stop the rest (SIGTERM, then
   SIGKILL). Report which rank failed first and why, and make sure the MLflow run ends FAILED
@@ -39,6 +42,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from suite import links
 from suite.errors import USER_ERRORS, ConfigError, UserError
 
 MASTER_ADDR = "127.0.0.1"
@@ -73,6 +77,7 @@ def execute_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path,
     """Run one job on its hardware; returns the runner's RunResult (rank 0's, when spawned)."""
     from suite.runner import execute
 
+    _check_link(cfg)
     if not is_distributed(cfg):
         return execute(cfg, launch_dir=launch_dir, output_dir=output_dir, sweep_id=sweep_id)
     check_job(cfg)
@@ -105,6 +110,14 @@ def run_as_rank(cfg: DictConfig, *, launch_dir: Path, output_dir: Path,
 
     return execute(cfg, launch_dir=launch_dir, output_dir=output_dir, sweep_id=sweep_id,
                    backend=backend, on_start=on_start)
+
+
+def _check_link(cfg: DictConfig) -> None:
+    """hardware.link.* (suite/links.py): refused here what cannot work, before anything runs."""
+    tracking = cfg.get("tracking") or {}
+    uri = tracking.get("uri") if tracking.get("name") == "mlflow" else None
+    links.check_job(OmegaConf.to_container(cfg.hardware, resolve=True), tracking_uri=uri,
+                    distributed=is_distributed(cfg), under_torchrun=under_torchrun())
 
 
 def check_job(cfg: DictConfig) -> None:
@@ -157,7 +170,11 @@ def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str 
             raise ConfigError(f"hardware={hw.name}: hardware.world_size={world_size} ranks need "
                               f"one GPU each and this host has {gpus}; use at most {gpus}, or "
                               "torchrun across hosts (docs/distributed.md)")
-    store = host_store(hw.master_port, timeout_s)
+    # hardware.link.*: the store and the ranks in a network namespace with a shaped loopback,
+    # made here (or refused, saying what the machine lacks) before anything starts
+    shaped = links.open_namespace(links.link_spec(OmegaConf.to_container(hw, resolve=True)))
+    with links.entered(shaped):
+        store = host_store(hw.master_port, timeout_s)
     port = store.port
     report_dir = Path(tempfile.mkdtemp(prefix="commsgd-launch-"))
     spec = {
@@ -170,7 +187,10 @@ def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str 
     procs = [ctx.Process(target=_rank_main, args=(rank, spec), name=f"commsgd-rank{rank}",
                          daemon=True) for rank in range(world_size)]
     try:
-        with _standard_start_method():
+        if shaped is not None:
+            print(f"commsgd: the ranks run in network namespace {shaped.name}, its loopback "
+                  f"shaped: {shaped.description}", file=sys.stderr, flush=True)
+        with _standard_start_method(), links.entered(shaped):
             for p in procs:
                 p.start()
         print(f"commsgd: started {world_size} ranks ({hw.backend} on {MASTER_ADDR}:{port}), "
@@ -191,6 +211,10 @@ def spawn(cfg: DictConfig, *, launch_dir: Path, output_dir: Path, sweep_id: str 
     finally:
         _stop(procs)
         shutil.rmtree(report_dir, ignore_errors=True)
+        # the store's socket and server thread, and the descriptor, are what is left of the
+        # namespace once the ranks are gone; a raised exception's frame would keep the store
+        del store
+        links.close(shaped)
 
 
 class _standard_start_method:

@@ -24,10 +24,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import suite
-from suite import artifacts, checkpoint, provenance, stores, sweep_guard
+from suite import artifacts, checkpoint, links, provenance, stores, sweep_guard
 from suite.algorithms import Context, build_algorithm, get_spec
+from suite.algorithms.bidirectional import downlink_constants, run_theorem
 from suite.backends import make_backend
 from suite.comm import Channel
+from suite.comm.downlinks import DEFAULT as DEFAULT_DOWNLINK
+from suite.comm.downlinks import downlink_scheme, is_dense
 from suite.compressors import REGISTRY as COMPRESSORS
 from suite.compressors import build_compressor
 from suite.compressors.base import MessageRangeError
@@ -67,6 +70,10 @@ class RunResult:
 def config_hash(cfg: DictConfig) -> str:
     """Stable hash of the resolved config minus tracking keys: equal hashes, equal runs."""
     d = {k: v for k, v in resolved_dict(cfg).items() if k not in UNHASHED_KEYS}
+    if d.get("downlink") == DEFAULT_DOWNLINK:
+        # the uncompressed broadcast every run had before the `downlink` group existed: runs
+        # recorded then keep their hash (resume=true still finds them)
+        del d["downlink"]
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -127,12 +134,26 @@ class Run:
         if getattr(self.compressor, "check_dim", None) is not None:
             self.compressor.check_dim(self.task.dim)
 
+        # the server's broadcast: an option of the compressors (suite/comm/downlinks.py)
+        down_name, down_kwargs = group_kwargs(cfg, "downlink")
+        if down_name not in COMPRESSORS:
+            raise ConfigError(
+                f"downlink={down_name!r} is not known; allowed: {COMPRESSORS.allowed()}")
+        bind(COMPRESSORS[down_name], "downlink", down_name, down_kwargs)
+        self.downlink = downlink_scheme(build_compressor(down_name, **down_kwargs), down_name)
+        if self.downlink.check_dim is not None:
+            self.downlink.check_dim(self.task.dim)
+
         self.stopwatch = Stopwatch(self.device)
+        # the link the ranks run on (hardware.link.*), for the projected time of the
+        # collectives; None on the plain loopback and in the simulator
+        spec = links.link_spec(hw)
+        self.link = spec.model() if spec is not None else None
         ids = self.backend.worker_ids
         self.sample_streams = SharedStream(cfg.seed, "sampling", ids, K, self.device)
         self.compress_streams = WorkerStreams(cfg.seed, "compression", ids, self.device)
         self.channel = Channel(self.backend, self.compressor, self.compress_streams,
-                               self.stopwatch, seed=cfg.seed,
+                               self.stopwatch, downlink=self.downlink, seed=cfg.seed,
                                shapes=getattr(self.task, "param_shapes", None))
         ctx = Context(self.task, self.channel, self.sample_streams, self.batch_size,
                       self.stopwatch)
@@ -154,12 +175,16 @@ class Run:
         lr_arg = None if cfg.lr == "theory" else float(cfg.lr)
         self.theorem = None
         if {"L", "mu"} <= self.task.constants.keys():
-            self.theorem = spec.theorem(self.task.constants, lr=lr_arg, **theorem_args)
+            down = None if is_dense(self.downlink) else \
+                downlink_constants(down_name, down_kwargs, d)
+            self.theorem = run_theorem(spec, self.task.constants, downlink=down, lr=lr_arg,
+                                       **theorem_args)
         if lr_arg is None:
             if not math.isfinite(self.theorem.lr_max):
                 raise ConfigError(
                     f"lr=theory: no theorem admits a step size for algorithm={self.algo_name} "
-                    f"with compressor={comp_name} ({self.theorem.source}); set lr to a number")
+                    f"with compressor={comp_name}, downlink={down_name} "
+                    f"({self.theorem.source}); set lr to a number")
             lr_arg = self.theorem.lr_max
         self.lr0 = lr_arg
         self.schedule = make_schedule(
@@ -168,8 +193,11 @@ class Run:
             gamma=float(cfg.lr_gamma))
 
     def evaluate(self, state) -> dict[str, float]:
-        metrics = self.task.evaluate(self.algorithm.params(state))
-        metrics.update(self.channel.totals())
+        # evaluation's collectives (the model average, the bit totals) are not the step's
+        with self.backend.ledger.paused():
+            metrics = self.task.evaluate(self.algorithm.params(state))
+            metrics.update(self.channel.totals())
+        metrics.update(self.backend.ledger.metrics())
         return metrics
 
 
@@ -190,6 +218,8 @@ def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, out_dir: Path,
         "algorithm": run.algo_name,
         "compressor": comp,
         "task": cfg.task.name,
+        # the ranks the collectives in comm/<kind>_* ran over (or would, one worker per rank)
+        "comm.ranks": str(run.backend.ledger.ranks),
     }
     if sweep_id:
         tags["sweep.id"] = sweep_id
@@ -365,7 +395,7 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
         state, start, wall = algo.init(run.task.x0()), 0, 0.0
         metrics = run.evaluate(state)
         initial_loss = metrics["train/loss"]
-        tracker.log_metrics(metrics | _times(run, 0.0), step=0)
+        tracker.log_metrics(metrics | _times(run, 0.0, 0), step=0)
     else:
         state = checkpoint.restore(restored, run)
         start, wall, initial_loss = restored["step"], restored["wall"], restored["initial_loss"]
@@ -390,7 +420,7 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
                 tracker.log_metrics({"train/lr": v}, step=s)
             lr_log.clear()
             metrics = run.evaluate(state)
-            tracker.log_metrics(metrics | _times(run, wall), step=t + 1)
+            tracker.log_metrics(metrics | _times(run, wall, t + 1), step=t + 1)
             _check_divergence(metrics, initial_loss, cfg.divergence_threshold, t + 1)
             if bar is not None:
                 bar.update(t + 1 - bar.n)
@@ -402,7 +432,7 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
             save(state=state, step=t + 1, wall=wall, initial_loss=initial_loss)
     if bar is not None:
         bar.close()
-    return state, metrics | _times(run, wall)
+    return state, metrics | _times(run, wall, steps)
 
 
 def _step(algo, state, t: int, lr: float):
@@ -422,13 +452,20 @@ def _diverged(step: int, what: str) -> str:
     return f"diverged at step {step}: {what}; try a smaller lr"
 
 
-def _times(run: Run, wall: float) -> dict[str, float]:
-    """Cumulative seconds per part of the step, the slowest rank's (one collective)."""
+TIME_KEYS = ("time/compute_s", "time/compress_s", "time/comm_s", "time/wall_s")
+
+
+def _times(run: Run, wall: float, steps: int) -> dict[str, float]:
+    """Cumulative seconds per part of the step, the slowest rank's (one collective); on
+    distributed hardware also the seconds per step in the step's collectives, measured and
+    projected (suite/links.py)."""
     totals = run.stopwatch.totals
-    slowest = run.backend.max_over_ranks(
-        [totals["compute"], totals["compress"], totals["comm"], wall])
-    return dict(zip(("time/compute_s", "time/compress_s", "time/comm_s", "time/wall_s"),
-                    slowest, strict=True))
+    extra = links.measured_values(run.backend)
+    reduced = run.backend.max_over_ranks(
+        [totals["compute"], totals["compress"], totals["comm"], wall, *extra])
+    out = dict(zip(TIME_KEYS, reduced[:len(TIME_KEYS)], strict=True))
+    out.update(links.step_metrics(run.backend, run.link, steps, reduced[len(TIME_KEYS):]))
+    return out
 
 
 def _check_divergence(metrics, initial_loss, threshold, step):

@@ -2,6 +2,7 @@
 
     L      = λ_max(AᵀA)/(4n) + λ          (the Hessian's largest eigenvalue at x = 0 bounds it)
     L_k    = K·λ_max(A_kᵀA_k)/(4n) + λ     (worker k's objective carries weight K·n_k/n)
+    L_max  = max_k L_k;  L_qm = √((1/K) Σ_k L_k²), the quadratic mean (EF21's and MARINA's L̃)
     μ      = λ
     f*, x* by Newton's method with backtracking, to ‖∇f(x*)‖ ≤ 1e−10 (certificate:
            f(x̂) − f* ≤ ‖∇f(x̂)‖²/(2μ)), or L-BFGS for very wide problems
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 GRAD_TOL = 1e-10
+CACHE_FORMAT = 2
 
 
 def expit(z):
@@ -40,7 +42,9 @@ def cache_dir() -> Path:
 
 
 def compute_cached(A, b, shards, l2, *, key) -> dict:
-    digest = hashlib.sha256(json.dumps([repr(k) for k in key]).encode())
+    # the format's version is part of the key: a file cached before a constant was added
+    # (L_qm in format 2) is computed afresh, never read without it
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, *(repr(k) for k in key)]).encode())
     digest.update(np.ascontiguousarray(A).tobytes())
     digest.update(np.ascontiguousarray(b).tobytes())
     path = cache_dir() / f"logreg-{digest.hexdigest()[:20]}.npz"
@@ -127,6 +131,7 @@ def compute(A, b, shards, l2) -> dict:
     return {
         "L": L,
         "L_max": max(L_workers),
+        "L_qm": float(np.sqrt(np.mean(np.square(L_workers)))),
         "mu": l2,
         "f_star": f_star,
         "f_star_certificate": grad_norm**2 / (2 * l2),

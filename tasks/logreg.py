@@ -25,6 +25,25 @@ from tasks.datasets import load_dataset
 from tasks.splits import split_indices
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# torch's CPU elementwise kernels run the vectorised (SLEEF) function over whole blocks of
+# 2·(vector width) elements and the scalar libm one over the tail (ATen/native/cpu/Loops.h,
+# vectorized_loop); the two can differ by an ulp. A worker's rows sit at other offsets when a
+# rank holds fewer workers than the simulation, so its gradient would depend on the process
+# layout. Padding to a multiple of SIGMOID_BLOCK (≥ 2 × 8 doubles of AVX-512, with room to
+# spare) sends every element through the vectorised path, whatever the layout.
+SIGMOID_BLOCK = 64
+
+
+def layout_free_sigmoid(u: torch.Tensor) -> torch.Tensor:
+    """torch.sigmoid(u), each element computed alike wherever it sits in the tensor (on the
+    CPU: see SIGMOID_BLOCK; elsewhere torch.sigmoid itself)."""
+    n = u.numel()
+    padded = -(-n // SIGMOID_BLOCK) * SIGMOID_BLOCK
+    if u.device.type != "cpu" or padded == n:
+        return torch.sigmoid(u)
+    buf = u.new_zeros(padded)
+    buf[:n] = u.reshape(-1)
+    return torch.sigmoid_(buf)[:n].view(u.shape)
 
 
 def _check_keys(*, l2, data_seed, n_samples, dim, heterogeneity, dirichlet_alpha) -> None:
@@ -162,7 +181,7 @@ class LogisticRegression:
         # z_k = A_k x_k as a row vector times Aᵀ: on the CPU, torch's batched GEMV is several
         # times slower in the [w, b, d]·[w, d, 1] orientation than in this one
         z = torch.bmm(X.unsqueeze(1), A.mT).squeeze(1)
-        coef = torch.sigmoid(neg_b * z).mul_(neg_b_weight)
+        coef = layout_free_sigmoid(neg_b * z).mul_(neg_b_weight)
         return torch.bmm(coef.unsqueeze(1), A).squeeze(1).add_(X, alpha=self.l2)
 
     def _batch_table(self, size: int) -> torch.Tensor:

@@ -389,7 +389,16 @@ RUNS = {
     "delayed_sgd": ("algorithm.mode=random", "algorithm.max_delay=3"),
     "local_sgd": ("algorithm.local_steps=3", "algorithm.output=weighted"),
     "diana": ("compressor=quant_p", "algorithm.momentum=0.5"),
+    "ef21": TOP2,
+    "marina": ("compressor=randk", "compressor.k=3", "compressor.ratio=null", "batch_size=full"),
+    # sign steps move every coordinate by γ: a decaying γ_t = 0.2/(1 + t) at lr=0.2
+    "majority_vote": ("algorithm.momentum=0.9", "lr_schedule=decaying", "lr_offset=1"),
+    "fedavg": ("algorithm.local_steps=3", "algorithm.participation=0.5",
+               "algorithm.server_momentum=0.9", "algorithm.nesterov=true"),
+    "scaffold": ("algorithm.local_steps=3", "algorithm.participation=0.5"),
 }
+# bits each broadcast costs every worker: the dense float32 broadcast, except the vote's
+DOWN_BITS = {"majority_vote": D}
 
 
 def test_every_registered_algorithm_is_exercised_here():
@@ -405,7 +414,7 @@ def test_every_algorithm_runs_through_the_runner_and_counts_bits(name, tmp_path)
     final = result.final
     assert final["train/suboptimality"] < math.log(2)  # it moved towards the optimum
     assert final["comm/rounds"] >= 1 and final["comm/bits_up"] > 0
-    assert final["comm/bits_down"] == final["comm/rounds"] * 32 * D
+    assert final["comm/bits_down"] == final["comm/rounds"] * DOWN_BITS.get(name, 32 * D)
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))

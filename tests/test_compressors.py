@@ -713,9 +713,12 @@ def test_declared_constants_match_the_theory_table():
     kinds = {n: build_compressor(n).kind for n in REGISTRY}
     assert kinds == {"identity": "unbiased", "qsgd": "unbiased", "terngrad": "unbiased",
                      "quant_p": "unbiased", "topk": "contractive", "randk": "unbiased",
-                     "sign": "contractive", "natural": "unbiased"}
+                     "sign": "contractive", "natural": "unbiased", "powersgd": "low_rank"}
     for n in REGISTRY:
         c = build_compressor(n)
+        if c.kind not in ("unbiased", "contractive"):  # a kind of its own declares neither
+            assert c.omega is None and c.delta is None, n
+            continue
         assert (c.omega is None) == (c.kind == "contractive")
         assert (c.delta is None) == (c.kind == "unbiased")
 

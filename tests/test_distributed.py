@@ -26,6 +26,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from suite.config import ConfigError
+from suite.costmodel import LEDGER_KEYS
 from suite.launch import GRACE_S, TERM_WAIT_S, host_store
 from tests.conftest import ROOT, make_cfg
 
@@ -45,9 +46,34 @@ JOBS = {  # name: (overrides, exact)
     "local_sgd": (("algorithm=local_sgd", "algorithm.local_steps=3"), False),
     "qsgd": (("algorithm=qsgd", "compressor.levels=4"), True),
     "terngrad": (("compressor=terngrad",), True),
+    # EF21-SGD: top-k messages as bytes, the server's g broadcast
+    "ef21_sgd_topk": (("algorithm=ef21", "compressor=topk", "compressor.k=3",
+                       "compressor.ratio=null"), True),
+    # MARINA: the shared coin picks the same branch on both ranks; its dense rounds are
+    # all-reduced partial sums, so equal to DENSE_RTOL (exact with all_gather, below)
+    "marina_randk": (("algorithm=marina", "compressor.k=3", "compressor.ratio=null"), False),
+    # PowerSGD's two all-reduces (P, then Q): partial sums, equal to DENSE_RTOL
+    "ef_sgd_powersgd": (("algorithm=ef_sgd", "compressor=powersgd", "lr=0.5"), False),
+    # the same two with every all-reduce gathered and reduced in global worker order: their
+    # messages vary in size (MARINA) or are no bytes (PowerSGD's factors), so they are not in
+    # the wire-bytes test; test_all_gather_makes_marina_and_powersgd_exact checks them exactly
+    "marina_all_gather": (("algorithm=marina", "compressor.k=3", "compressor.ratio=null",
+                           "hardware.dense_collective=all_gather"), False),
+    "ef_sgd_powersgd_all_gather": (("algorithm=ef_sgd", "compressor=powersgd", "lr=0.5",
+                                    "hardware.dense_collective=all_gather"), False),
 }
+ALL_GATHER_EXACT = ("marina_all_gather", "ef_sgd_powersgd_all_gather")
+# PowerSGD on CIFAR ResNet-20 (FakeData, float32): per-layer matrices, two steps
+RESNET = ("task=cifar10_resnet", "task.dataset=fake", "task.fake_size=48",
+          "task.fake_test_size=16", "task.eval_batches=1", "task.eval_batch_size=16",
+          "workers=4", "batch_size=2", "steps=2", "eval_every=1", "seed=3",
+          "algorithm=ef_sgd", "compressor=powersgd", "lr=0.05")
+RESNET_JOBS = {"resnet_powersgd": ()}
 DISTRIBUTED_ONLY = ("comm/bytes_up", "comm/wire_bytes", "comm/wire_header_bytes",
                     "comm/wire_padding_bytes")
+# The collectives a step performs depend on the rank layout (the simulated ledger is that of
+# one worker per rank, W = K; here W = 2 ranks of 2): compared on their own below.
+LEDGER = LEDGER_KEYS
 
 
 def _free_port() -> int:
@@ -78,6 +104,10 @@ def _parity_rank(rank: int, port: int, out_dir: str) -> None:
         cfg = make_cfg("hardware=multi_cpu", "hardware.timeout_s=60", *COMMON, *overrides)
         r = execute(cfg, output_dir=f"{out_dir}/{name}-{rank}")
         results[name] = (r.status, r.history, r.params)
+    for name, overrides in RESNET_JOBS.items():
+        cfg = make_cfg("hardware=multi_cpu", "hardware.timeout_s=60", *RESNET, *overrides)
+        r = execute(cfg, output_dir=f"{out_dir}/{name}-{rank}")
+        results[name] = (r.status, r.history, r.params)
     # messages of unequal sizes (none of the compressors above makes any): each rank sends 2
     # messages, rank 0 of 0 and 1 bytes, rank 1 of 3 and 4, so rank 0 pads 6 bytes
     from suite.backends.distributed import DistributedBackend
@@ -85,9 +115,36 @@ def _parity_rank(rank: int, port: int, out_dir: str) -> None:
     backend = DistributedBackend(4, "cpu")
     got = backend.exchange([bytes([10 * rank + i]) * (3 * rank + i) for i in range(2)])
     results["exchange"] = (got, backend.wire_bytes, backend.wire_header_bytes,
-                           backend.wire_padding_bytes)
+                           backend.wire_padding_bytes, backend.ledger.totals())
+    results["powersgd_channel"] = _powersgd_rounds(DistributedBackend, rank)
     if rank == 0:
         torch.save(results, f"{out_dir}/results.pt")
+
+
+def _powersgd_rounds(backend_type, rank=None):
+    """Two PowerSGD rounds (the random start, then warm-started) on ResNet-20's shapes, for
+    each dense collective: {collective: [(own, aggregate, bits_up)]}, the held workers' rows
+    of one fixed [4, d] batch in, on this layout."""
+    from suite.comm import Channel
+    from suite.compressors import build_compressor
+    from suite.rng import WorkerStreams
+    from suite.timing import Stopwatch
+    from tests.test_powersgd import resnet20_shapes
+
+    shapes = resnet20_shapes()
+    d = sum(math.prod(s) for s in shapes)
+    x = torch.randn(4, d, generator=torch.Generator().manual_seed(5))
+    out = {}
+    for collective in ("all_reduce", "all_gather"):
+        backend = backend_type(4) if rank is None else backend_type(
+            4, "cpu", dense_collective=collective)
+        ch = Channel(backend, build_compressor("powersgd", rank=2),
+                     WorkerStreams(3, "compression", backend.worker_ids),
+                     Stopwatch(backend.device), seed=3, shapes=shapes)
+        held = x[backend.worker_ids]
+        out[collective] = [(*ch.send_up(held), ch.counters()["bits_up"].clone())
+                           for _ in range(2)]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +169,9 @@ def runs(tmp_path_factory, launches):
             simulated_overrides = [o for o in overrides if not o.startswith("hardware.")]
             r = execute(make_cfg(*COMMON, *simulated_overrides), output_dir=out / f"{name}-sim")
             simulated[name] = (r.status, r.history, r.params)
+        for name in RESNET_JOBS:
+            r = execute(make_cfg(*RESNET), output_dir=out / f"{name}-sim")
+            simulated[name] = (r.status, r.history, r.params)
         # a failed rank raises here with its traceback; a hung one is bounded by timeout_s
         deadline = time.monotonic() + 300
         while not ctx.join(timeout=5):
@@ -123,8 +183,9 @@ def runs(tmp_path_factory, launches):
             if p.is_alive():
                 p.kill()
     distributed = torch.load(out / "results.pt", weights_only=False)
-    runs = {name: (simulated[name], distributed[name]) for name in JOBS}
+    runs = {name: (simulated[name], distributed[name]) for name in (*JOBS, *RESNET_JOBS)}
     runs["exchange"] = distributed["exchange"]
+    runs["powersgd_channel"] = distributed["powersgd_channel"]
     return runs
 
 
@@ -141,7 +202,7 @@ def test_distributed_run_equals_simulated_run(runs, name):
     (sim_status, sim_hist, sim_x), (dist_status, dist_hist, dist_x) = runs[name]
     exact = JOBS[name][1]
     assert sim_status == dist_status == "FINISHED"
-    sim, dist = curves(sim_hist), curves(dist_hist, skip=DISTRIBUTED_ONLY)
+    sim, dist = curves(sim_hist, skip=LEDGER), curves(dist_hist, skip=DISTRIBUTED_ONLY + LEDGER)
     assert sim.keys() == dist.keys()
     assert len(sim["train/loss"]) == STEPS // EVERY + 1
     for key in ("comm/bits_up", "comm/bits_up_total", "comm/bits_up_alt_code",
@@ -162,6 +223,81 @@ def test_distributed_run_equals_simulated_run(runs, name):
     assert sim["train/loss"][-1][1] < 0.9 * sim["train/loss"][0][1]
 
 
+@pytest.mark.parametrize("name", ALL_GATHER_EXACT)
+def test_all_gather_makes_marina_and_powersgd_exact(runs, name):
+    """With dense_collective=all_gather every rank reduces all K rows in global worker order,
+    as the simulation does: MARINA's dense rounds and PowerSGD's P and Q means are then the
+    simulated ones bit for bit, and so is every logged value and the final model."""
+    (_, sim_hist, sim_x), (_, dist_hist, dist_x) = runs[name]
+    assert curves(dist_hist, skip=DISTRIBUTED_ONLY) == curves(sim_hist)
+    assert torch.equal(dist_x, sim_x)
+
+
+def test_marina_bits_vary_with_the_shared_coin_identically_on_both_layouts(runs):
+    """The per-round up-link size is 32d on the coin's rounds and bits(rand-3) otherwise: the
+    logged increments take both values, and the same ones on both layouts."""
+    (_, sim_hist, sim_x), (_, dist_hist, _) = runs["marina_randk"]
+    d = sim_x.numel()
+    bits = [v for _, v in curves(sim_hist)["comm/bits_up"]]
+    steps = {b - a for a, b in zip(bits, bits[1:], strict=False)}
+    assert len(steps) > 1  # over 5 rounds between logs: mixtures of dense and compressed
+    rand3 = 3 * 32 + 3 * math.ceil(math.log2(d))
+    for inc in steps:  # every increment is n·32d + (5 − n)·bits(Q) for some 0 ≤ n ≤ 5
+        assert any(inc == n * 32 * d + (EVERY - n) * rand3 for n in range(EVERY + 1)), inc
+    assert curves(dist_hist)["comm/bits_up"] == curves(sim_hist)["comm/bits_up"]
+
+
+def test_powersgd_rounds_on_resnet20_shapes_over_gloo_equal_the_simulation(runs):
+    """One fixed [4, d] batch on ResNet-20's layer shapes, two rounds of PowerSGD's two
+    all-reduces over gloo (rank 0 holds workers 0 and 1). all_gather: the P and Q means are
+    reduced in the simulation's order, so rank 0's decoded messages, the aggregate, the warm
+    start and the bits equal the simulation's bit for bit. all_reduce: float32 partial sums
+    summed in another order, a few roundings (~1e-7 relative) of the mean P, carried through
+    QR: equal to 1e-4 of the largest entry (the float32 tolerance of test_powersgd's full-rank
+    test), bits exactly."""
+    from suite.backends import SimulatedBackend
+
+    simulated = _powersgd_rounds(SimulatedBackend)
+    distributed = runs["powersgd_channel"]
+    for collective, rounds in simulated.items():
+        for (own, aggregate, bits), (d_own, d_aggregate, d_bits) in zip(
+                rounds, distributed[collective], strict=True):
+            assert torch.equal(d_bits, bits[:2])
+            if collective == "all_gather":
+                assert torch.equal(d_own, own[:2]) and torch.equal(d_aggregate, aggregate)
+            else:
+                scale = float(aggregate.abs().max())
+                assert float((d_aggregate - aggregate).abs().max()) <= 1e-4 * scale
+                assert float((d_own - own[:2]).abs().max()) <= 1e-4 * float(own.abs().max())
+
+
+@pytest.mark.parametrize("name", list(RESNET_JOBS))
+def test_powersgd_on_resnet20_over_gloo_equals_the_simulation(runs, name):
+    """Two steps of EF-SGD with PowerSGD on CIFAR ResNet-20 (FakeData), each step's two
+    all-reduces over gloo on 2 ranks × 2 workers. Bits 32·r·(n+m) per matrix: equal exactly.
+    The model is compared, not the loss curves: a rank's train loss covers its own workers'
+    batches and its test loss uses its own workers' pooled BatchNorm statistics (tasks/
+    cifar10.py), so those differ between layouts by design. Nor is the model bit-identical:
+    the network's float32 gradients themselves depend on how many workers a process vmaps
+    over (~3e-7 of the largest entry between 4 and 2), and the P means are summed in another
+    order. The models differ by under 1e-3 of what the two steps moved them: those float32
+    roundings (~1e-7 of the weights) with room for a conditioning factor of 10⁴ through QR,
+    still far below a wrong factor or a missed all-reduce (which would differ by O(step))."""
+    (sim_status, sim_hist, sim_x), (dist_status, dist_hist, dist_x) = runs[name]
+    assert sim_status == dist_status == "FINISHED"
+    sim, dist = curves(sim_hist), curves(dist_hist, skip=DISTRIBUTED_ONLY)
+    for key in ("comm/bits_up", "comm/bits_down", "comm/rounds"):
+        assert dist[key] == sim[key], key
+    from suite.runner import Run
+    from tests.test_powersgd import expected_bits, resnet20_shapes
+
+    assert sim["comm/bits_up"][-1] == (2, 2 * expected_bits(resnet20_shapes(), 2))
+    x0 = Run(make_cfg(*RESNET)).task.x0()
+    moved = float((sim_x - x0).abs().max())
+    assert moved > 0
+    assert float((dist_x - sim_x).abs().max()) <= 1e-3 * moved
+
+
 @pytest.mark.parametrize("name", [n for n, (_, exact) in JOBS.items() if exact])
 def test_bytes_on_the_wire_equal_the_logged_bits(runs, name):
     _, (_, history, _) = runs[name]
@@ -179,9 +315,43 @@ def test_bytes_on_the_wire_equal_the_logged_bits(runs, name):
 
 
 def test_messages_of_unequal_sizes_arrive_whole_and_in_worker_order(runs):
-    got, payload, header, padding = runs["exchange"]  # rank 0's view
+    got, payload, header, padding, _ = runs["exchange"]  # rank 0's view
     assert got == [b"", b"\x01", b"\x0a" * 3, b"\x0b" * 4]
     assert (payload, header, padding) == (1, 2 * 8, 6)
+
+
+def test_the_ledger_records_what_each_rank_hands_to_its_collectives(runs):
+    # the exchange above: two int64 sizes, then rank 1's 7 bytes, the longest (rank 0 pads)
+    *_, ledger = runs["exchange"]
+    assert ledger["all_gather"] == (2, 2 * 8 + 7)
+    assert ledger["all_reduce"] == ledger["broadcast"] == (0, 0)
+
+
+@pytest.mark.parametrize("name", ["sgd", "ef_sgd_topk", "terngrad"])
+def test_the_distributed_ledger_is_the_step_collectives_of_two_workers_per_rank(runs, name):
+    """Per step, per rank, from what was logged: dense, one all_reduce of the float64 [d]
+    partial sum; compressed, two all_gathers: 2 int64 sizes, then 2 messages' bytes (equal
+    sizes: nothing to pad); TernGrad also an all_reduce MAX of its float32 scale. Evaluation's
+    collectives (bit totals, model average) are not the step's and are not in it. The
+    simulated run's ledger is the same step with one worker per rank."""
+    (_, sim_hist, x), (_, dist_hist, _) = runs[name]
+    d, held = x.numel(), 4 // WORLD  # workers=4 (COMMON) on WORLD ranks
+    for history, w in ((dist_hist, held), (sim_hist, 1)):
+        last = {key: values[-1][1] for key, values in curves(history).items()}
+        rounds = last["comm/rounds"]
+        message = math.ceil(last["comm/bits_up"] / rounds / 8)  # fixed-size messages
+        if name == "sgd":
+            assert last["comm/all_reduce_calls"] == rounds
+            assert last["comm/all_reduce_bytes"] == rounds * 8 * d
+            assert "comm/all_gather_calls" not in last
+            continue
+        assert last["comm/all_gather_calls"] == 2 * rounds
+        assert last["comm/all_gather_bytes"] == rounds * w * (8 + message)
+        if name == "terngrad":
+            assert (last["comm/all_reduce_calls"], last["comm/all_reduce_bytes"]) == \
+                (rounds, rounds * 4)
+        else:
+            assert "comm/all_reduce_calls" not in last
 
 
 def test_dense_all_reduce_ships_one_partial_sum_per_rank(runs):

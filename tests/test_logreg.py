@@ -130,3 +130,26 @@ def test_unequal_shards_keep_the_global_objective():
     x = torch.randn(task.dim, dtype=torch.float64)
     torch.testing.assert_close(task.grads(x, None).mean(0), task.full_grad(x), rtol=1e-12,
                                atol=1e-14)
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 3, 4])
+def test_a_workers_gradient_does_not_depend_on_which_other_workers_the_process_holds(batch_size):
+    """A rank holding workers 2 and 3 computes their gradients bit for bit as the simulation
+    holding all 4 does (the distributed parity of per-worker states rests on it): torch's
+    scalar tail of an elementwise kernel would differ by an ulp (tasks/logreg.py,
+    SIGMOID_BLOCK). 50 random points, each with its own minibatch: plain torch.sigmoid fails
+    this on an AVX-512 machine for b = 4 and full gradients (blocks of 16 doubles)."""
+    full = LogisticRegression(dataset="breast_cancer", workers=4, split="by_label")
+    half = LogisticRegression(dataset="breast_cancer", workers=4, split="by_label",
+                              worker_ids=[2, 3])
+    gen = torch.Generator().manual_seed(0)
+    m = int(full.n_held.min())
+    for _ in range(50):
+        x = 3 * torch.randn(full.dim, dtype=torch.float64, generator=gen)
+        batch = None if batch_size is None else \
+            torch.randint(0, m, (4, batch_size), generator=gen)
+        assert torch.equal(full.grads(x, batch)[2:],
+                           half.grads(x, None if batch is None else batch[2:]))
+        xs = 3 * torch.randn(4, full.dim, dtype=torch.float64, generator=gen)
+        assert torch.equal(full.grads(xs, batch)[2:],
+                           half.grads(xs[2:], None if batch is None else batch[2:]))

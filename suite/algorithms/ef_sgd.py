@@ -24,6 +24,12 @@ only for ω < 1 (δ = 1 − ω).
 baseline EF is measured against; the unbiased scaling is not applied then (it would only bias an
 unbiased compressor), so this is `sgd` with that compressor, with γ applied before compression.
 
+A low-rank scheme (`compressor=powersgd`, kind "low_rank", Vogels et al. 2019) is admitted
+too: its decoded message is a projection of the sent one, so the memory keeps what the
+projection drops, which is PowerSGD's own Algorithm 2 (without its momentum). It declares no δ
+(none is proven, docs/theory.md §12), so no theorem covers it: lr=theory is refused, a numeric
+lr runs.
+
 With the identity compressor this is SGD: the memory then holds only the float32 rounding of the
 wire, which it feeds back.
 """
@@ -37,6 +43,10 @@ import torch
 from . import sgd
 from .base import Algorithm, ConfigurationError, Context, Theorem
 from .common import check_lr, contraction_delta, no_theorem
+
+# Any ω/δ compressor, and PowerSGD's low-rank scheme, whose analysis is that of a biased
+# compressor with error feedback (docs/theory.md §12)
+COMPRESSOR_KINDS = ("unbiased", "contractive", "low_rank")
 
 # docs/theory.md §3 states the admissible step γ ≤ δ/(c·L·(M+1)) with an unverified absolute
 # constant c [M]. We take c = 12: in the framework's virtual-iterate argument, the memory bound
@@ -103,6 +113,9 @@ def theorem(c: dict, *, workers: int, batch_size: int | None, omega: float | Non
             return no_theorem("compressed SGD with a biased compressor and no error feedback "
                               "can diverge")
         return sgd.theorem(c, workers=workers, batch_size=batch_size, omega=omega, lr=lr)
+    if omega is None and delta is None:
+        return no_theorem("the compressor declares no δ (a low-rank code such as PowerSGD: "
+                          "docs/theory.md §12 proves no contraction for it)")
     d = contraction_delta(omega, delta, scale_unbiased=scale_unbiased)
     if d is None or not d > 0:
         return no_theorem(f"an unscaled unbiased compressor with ω={omega} ≥ 1 is not "

@@ -20,6 +20,12 @@ simulated backend, and the collectives below are arranged to reproduce the simul
   other compressor's: W times the all_reduce traffic, but bit-identical to the simulation.
 - `max` (TernGrad's shared scale) and `max_over_ranks` (timings) are all_reduce MAX: exact.
 
+The step's collectives (`mean`, `sum`, `max`, `all_reduce`, `exchange`; not `max_over_ranks`,
+`wire_totals` or the barriers, which are bookkeeping) go into `self.ledger`
+(suite.costmodel.Ledger): kind, bytes this rank hands in, and the seconds the collective took
+on this rank, so that a run can set the measured time of its collectives beside the cost
+model's for the same calls (suite/links.py). The runner pauses the ledger while it evaluates.
+
 Wire accounting, per rank: `wire_bytes` counts the message bytes handed to the collectives
 (equal to Σ ceil(bits/8) over the held workers' messages on the all_gather path; the bytes of
 the partial sum on the all_reduce path), `wire_header_bytes` the size exchange and
@@ -39,6 +45,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from suite.costmodel import Ledger
 from suite.errors import ConfigError
 
 from .simulated import REDUCE
@@ -158,6 +165,9 @@ class DistributedBackend:
         self.wire_header_bytes = 0
         self.wire_padding_bytes = 0
         self._rounds = 0
+        self.ledger = Ledger(self.world_size)
+        # NCCL's collectives return before the device has done them: time them to the end
+        self._sync = torch.cuda.synchronize if self.comm_device.type == "cuda" else None
         kill_rank = os.environ.get(KILL_RANK_ENV)
         self._kill_at = (int(os.environ.get(KILL_STEP_ENV, "0"))
                          if kill_rank is not None and int(kill_rank) == self.rank else None)
@@ -175,17 +185,27 @@ class DistributedBackend:
         dist.all_gather(out, x, group=self.group)
         return torch.cat(out)
 
+    def _timed(self, kind: str, x: torch.Tensor, collective, *args):
+        """collective(x, *args), recorded in the ledger as `kind` of x's bytes, with its time."""
+        start = time.perf_counter()
+        out = collective(x, *args)
+        if self._sync is not None:
+            self._sync(self.comm_device)
+        self.ledger.add(kind, x.numel() * x.element_size(), time.perf_counter() - start)
+        return out
+
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over all K workers of a [w, d] tensor (all_reduce of the partial sums)."""
-        return self._all_reduce(x.sum(0), dist.ReduceOp.SUM) / self.num_workers
+        return self._timed("all_reduce", x.sum(0), self._all_reduce,
+                           dist.ReduceOp.SUM) / self.num_workers
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over all K workers of a [w, ...] tensor."""
-        return self._all_reduce(x.sum(0), dist.ReduceOp.SUM)
+        return self._timed("all_reduce", x.sum(0), self._all_reduce, dist.ReduceOp.SUM)
 
     def max(self, x: torch.Tensor) -> torch.Tensor:
         """Max over all K workers of a [w] tensor."""
-        return self._all_reduce(x.max(), dist.ReduceOp.MAX)
+        return self._timed("all_reduce", x.max(), self._all_reduce, dist.ReduceOp.MAX)
 
     def max_over_ranks(self, values: list[float]) -> list[float]:
         """Each value's maximum over ranks, all in one collective."""
@@ -212,11 +232,11 @@ class DistributedBackend:
         if self.dense_collective == "all_gather":
             if counted:
                 self.wire_bytes += x.numel() * x.element_size()
-            return REDUCE[op](self._all_gather(x).to(x.device))
+            return REDUCE[op](self._timed("all_gather", x, self._all_gather).to(x.device))
         partial = REDUCE["sum" if op == "mean" else op](x)
         if counted:
             self.wire_bytes += partial.numel() * partial.element_size()
-        out = self._all_reduce(partial, _REDUCE_OPS[op])
+        out = self._timed("all_reduce", partial, self._all_reduce, _REDUCE_OPS[op])
         return out / self.num_workers if op == "mean" else out
 
     # -- messages ---------------------------------------------------------------------------
@@ -230,11 +250,22 @@ class DistributedBackend:
             os._exit(1)
         self._rounds += 1
 
-    def gather_messages(self, compressor, payload, decoded: torch.Tensor) -> torch.Tensor:
+    def gather_messages(self, compressor, payload, decoded: torch.Tensor, sample=None
+                        ) -> torch.Tensor:
         """All K workers' decoded messages [K, d], global order; `decoded` holds this rank's.
         The messages travel as `compressor.encode(payload)` bytes, and every rank decodes the
-        same [K, d] tensor the simulated backend holds."""
-        msgs = self.exchange(compressor.encode(payload))
+        same [K, d] tensor the simulated backend holds.
+
+        With a `sample` (partial participation): the workers not sampled send empty messages
+        (their size, 0, still travels in the header) and the m sampled ones are decoded,
+        [m, d] in global order, the rows the simulated backend selects."""
+        msgs = compressor.encode(payload)
+        if sample is not None:
+            msgs = [m if keep else b"" for m, keep in zip(msgs, sample.held.tolist(),
+                                                          strict=True)]
+        msgs = self.exchange(msgs)
+        if sample is not None:
+            msgs = [msgs[k] for k in sample.mask.nonzero().flatten().tolist()]
         everyone = compressor.decode(msgs, decoded.shape[1], decoded.dtype, self.device)
         return compressor.decompress(everyone)
 
@@ -242,14 +273,16 @@ class DistributedBackend:
         """All K workers' messages, in global worker order, from this rank's w messages."""
         sizes = torch.tensor([len(m) for m in msgs], dtype=SIZE_DTYPE)
         self.wire_header_bytes += sizes.numel() * sizes.element_size()
-        all_sizes = self._all_gather(sizes).cpu().view(self.world_size, -1)
+        all_sizes = self._timed("all_gather", sizes, self._all_gather).cpu().view(
+            self.world_size, -1)
         totals = all_sizes.sum(1)
         longest, own = int(totals.max()), int(totals[self.rank])
         blob = np.zeros(longest, dtype=np.uint8)
         blob[:own] = np.frombuffer(b"".join(msgs), dtype=np.uint8)
         self.wire_bytes += own
         self.wire_padding_bytes += longest - own
-        gathered = self._all_gather(torch.from_numpy(blob)).cpu().numpy()
+        gathered = self._timed("all_gather", torch.from_numpy(blob),
+                               self._all_gather).cpu().numpy()
         out = []
         for r, row in enumerate(all_sizes.tolist()):
             offset = r * longest

@@ -10,7 +10,10 @@ receives every worker's decoded message and takes their mean. The collective is 
   decoded tensor in every process layout, so it is bit-for-bit the simulated one;
 - TernGrad's shared scale (`c.local_scale`) is the max over all workers of each worker's own
   scale, one small all-reduce (MAX, exact) before compressing; its 32 bits are inside every
-  message's count already, so the collective is not counted as message bytes.
+  message's count already, so the collective is not counted as message bytes;
+- in a round of partial participation (`link.sample`, suite/comm/participation.py) only the
+  sampled workers send: the others' messages are empty and cost 0 bits, and the aggregate is
+  the mean of the m sampled messages (all-reduced as a masked sum over m, or gathered).
 
 Bits: the compressor's exact encoded size (`c.bits`), or `c.fixed_bits(d)` where every message
 has the same size (counted as a Python int, without reading the payload), and `c.entropy_bits`
@@ -23,6 +26,8 @@ is the uncompressed broadcast at a float width, the suite's default: `width·d` 
 """
 
 from __future__ import annotations
+
+import torch
 
 from suite.compressors.identity import _WIRE_DTYPES
 from suite.errors import CompressorError
@@ -42,6 +47,8 @@ def uplink_of(c) -> Uplink:
         else:
             payload = c.compress(x, link.streams)
         own = c.decompress(payload)
+        if link.sample is not None:
+            return sampled_round(x, own, payload, state, link)
         if identity and link.dense_collective == "all_reduce":
             aggregate = link.all_reduce(own, "mean")
         else:
@@ -53,9 +60,29 @@ def uplink_of(c) -> Uplink:
         return own, aggregate, state, c.bits(payload), \
             None if entropy is None else entropy(payload)
 
+    def sampled_round(x, own, payload, state, link):
+        """A round of partial participation: every held worker compressed its row (so each
+        worker's stream advances alike in every round and every process layout), but only
+        the sampled ones send: the others' messages are empty, cost 0 bits and stay out of
+        the aggregate, the mean of the m sampled messages. A TernGrad scale shared by all K
+        workers is a simplification here (the sampled workers' own max would do)."""
+        sample = link.sample
+        held = sample.held
+        if identity and link.dense_collective == "all_reduce":
+            kept = torch.where(held[:, None], own, own.new_zeros(()))
+            aggregate = link.all_reduce(kept, "sum") / sample.count
+        else:
+            aggregate = link.gather(c, payload, own, sample).mean(0)
+        sent = held.to(torch.int64)
+        if fixed is not None:
+            return own, aggregate, state, sent * fixed(x.shape[1]), None
+        bits = c.bits(payload)
+        return own, aggregate, state, bits * sent.to(bits.device), \
+            None if entropy is None else entropy(payload) * sent.to(bits.device)
+
     return Uplink(name=c.name, kind=c.kind, omega=c.omega, delta=c.delta, init=stateless,
                   up=up, check_dim=c.check_dim, data_dependent=c.data_dependent,
-                  hyperparams=c.hyperparams, compressor=c)
+                  hyperparams=c.hyperparams, compressor=c, participation=True)
 
 
 def downlink_of(c) -> Downlink:

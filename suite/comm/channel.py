@@ -30,6 +30,7 @@ from suite.timing import Stopwatch
 
 from .adapter import as_downlink, as_uplink, dense_downlink
 from .link import Link
+from .participation import Sample
 from .protocol import Env
 
 DOWNLINK_BITS_PER_COORDINATE = 32
@@ -46,8 +47,9 @@ class Lane:
         self.uplink, self.downlink = uplink, downlink
         self.up_state = self.down_state = None
 
-    def send_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.channel._send_up(self, x)
+    def send_up(self, x: torch.Tensor, *, sampled: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.channel._send_up(self, x, sampled)
 
     def broadcast(self, v: torch.Tensor) -> torch.Tensor:
         return self.channel._broadcast(self, v)
@@ -69,6 +71,8 @@ class Channel:
         self.link = Link(backend, stopwatch, streams, self.shared, self.server)
         self._begin_round = getattr(backend, "begin_round", None)
         w = len(ids)
+        self._holds_all = ids == list(range(K))
+        self._held_index = torch.as_tensor(ids, dtype=torch.int64, device=device)
         # Cumulative bits per held worker, for messages whose size depends on their content.
         self.bits_up = torch.zeros(w, dtype=torch.int64, device=device)
         self.entropy_bits_up = torch.zeros(w, dtype=torch.int64, device=device)
@@ -103,10 +107,15 @@ class Channel:
         return lane
 
     # -- the hot path ----------------------------------------------------------------------------
-    def send_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def send_up(self, x: torch.Tensor, *, sampled: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each held worker sends its row of x [w, d] through the main lane. Returns (own
-        decoded messages [w, d], the server's aggregate over all K workers [d])."""
-        return self._send_up(self._main, x)
+        decoded messages [w, d], the server's aggregate over all K workers [d]).
+
+        `sampled`: a [K] bool mask, identical on every rank (suite/comm/participation.py),
+        for a round that only those workers take part in: the others send nothing (0 bits)
+        and the aggregate is over the sampled messages."""
+        return self._send_up(self._main, x, sampled)
 
     def broadcast(self, v: torch.Tensor) -> torch.Tensor:
         """The server sends v [d] to every worker through the main lane's down-link."""
@@ -119,24 +128,45 @@ class Channel:
         return Env(d, dtype, device, tuple(self.backend.worker_ids), self.backend.num_workers,
                    self.seed, shapes)
 
-    def _send_up(self, lane: Lane, x: torch.Tensor):
+    def _send_up(self, lane: Lane, x: torch.Tensor, sampled=None):
         state = lane.up_state
         if state is None:
             state = lane.uplink.init(self._env(x.shape[1], x.dtype, x.device))
+        if sampled is not None:
+            self.link.sample = self._sample(lane, sampled)
         if self._begin_round is not None:
             self._begin_round()
         sw = self.stopwatch
         totals = sw.totals
         sw.sync()
         started, comm_before = time.perf_counter(), totals["comm"]
-        # a Sent, or a tuple of its five fields in its order (the adapter's, on the hot path)
-        own, aggregate, lane.up_state, bits, entropy = lane.uplink.up(x, state, self.link)
+        try:
+            # a Sent, or a tuple of its five fields in its order (the adapter's, on the hot path)
+            own, aggregate, lane.up_state, bits, entropy = lane.uplink.up(x, state, self.link)
+        finally:
+            self.link.sample = None
         sw.sync()
         # the scheme's collectives timed themselves as comm; the rest of `up` is compression
         totals["compress"] += time.perf_counter() - started - (totals["comm"] - comm_before)
         self._count_up(bits, entropy)
         self.rounds += 1
         return own, aggregate
+
+    def _sample(self, lane: Lane, mask: torch.Tensor) -> Sample:
+        if not lane.uplink.participation:
+            raise ValueError(
+                f"the up-link scheme {lane.uplink.name!r} (lane {lane.name!r}) does not "
+                f"support partial participation (Uplink.participation is False): it would "
+                f"count and aggregate every worker's message")
+        K = self.backend.num_workers
+        if mask.dtype != torch.bool or mask.shape != (K,):
+            raise ValueError(f"sampled: expected a [{K}] bool mask over all workers, got "
+                             f"{mask.dtype} of shape {tuple(mask.shape)}")
+        count = int(mask.sum())
+        if count == 0:
+            raise ValueError("sampled: a round needs at least one sampled worker")
+        held = mask if self._holds_all else mask[self._held_index]
+        return Sample(mask, held, count)
 
     def _count_up(self, bits, entropy) -> None:
         if isinstance(bits, int):

@@ -40,6 +40,11 @@ bytes. Randomness: `link.streams` (one private stream per worker, suite.rng.Work
 `link.shared` (one stream drawn identically on every rank: a shared seed, a coin, a sample of
 clients) and `link.server` (the down-link's stream, one row, identical on every rank).
 
+Partial participation: in a round where only some workers take part, the channel hands the
+round's sample to the scheme as `link.sample` (suite/comm/participation.py; None otherwise);
+a scheme with `participation=True` counts 0 bits for the others and aggregates over the
+sampled rows only.
+
 State: `CommState(workers, server)`. `workers` holds tensors whose first dimension is w, row i
 belonging to global worker `env.worker_ids[i]`: under torch.distributed each rank holds its
 rows of the [K, ...] tensor the simulated backend holds, so a scheme that initialises and
@@ -120,6 +125,10 @@ class Uplink:
     hyperparams: tuple = ()
     # The stateless compressor this scheme adapts (suite/comm/adapter.py), or None.
     compressor: Any = None
+    # Whether `up` honours `link.sample` (partial participation, suite/comm/participation.py):
+    # bits 0 and no part in the aggregate for the workers not sampled. A scheme that does not
+    # is refused in a round with a sample.
+    participation: bool = False
 
     @property
     def unbiased(self) -> bool:
