@@ -155,8 +155,10 @@ def part_c(repeats: int) -> str:
 
 
 def part_d(quick: bool) -> str:
+    import torch
     from bench_simulator import cli_seconds, tracking_seconds
 
+    torch.set_num_threads(1)  # as bench_simulator measures it (and the presets run)
     steps = 2000
     warm = tracking_seconds(repeats=3 if quick else 5, steps=steps)
     fresh = cli_seconds(repeats=2 if quick else 3, steps=steps)
