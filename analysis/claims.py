@@ -757,7 +757,8 @@ def claim_majority_vote_bits(groups: list[Group]) -> Claim:
             f"{g.method}: {_show(up, '{:.6g}')} bits up and {_show(down, '{:.6g}')} down a step "
             f"(d = {d}; SGD {_show(per_step(base, 'comm/bits_up'), '{:.6g}')} up); to "
             f"{level:g}×F0 bits up + down [{_show(bits)}] vs SGD's [{_show(b_bits)}], "
-            f"iterations [{_show(its(hit, g), '{:.0f}')}] vs [{_show(its(b_hit, base), '{:.0f}')}]")
+            f"iterations [{_show(its(hit, g), '{:.0f}')}] vs [{_show(its(b_hit, base), '{:.0f}')}]"
+            f"; final gap {_relative_final(g):.2g}×F0 (SGD {_relative_final(base):.2g}×F0)")
     c.verdict = _verdict(checks)
     return c
 
