@@ -15,12 +15,14 @@ CONSTANTS = {"L": 1.0, "L_max": 1.5, "mu": 0.1, "f_star": 0.3, "zeta_sq": 0.01, 
 
 
 def fake_run(client, exp_id, *, seed, status, n_steps, params=None, tags=None, constants=True,
-             curve=None, every=10, bits_per_step=160.0, wall_per_step=None, extra=None):
+             curve=None, every=10, bits_per_step=160.0, wall_per_step=None, extra=None,
+             suboptimality=True):
     """One run of `n_steps` logged every `every` steps: train/suboptimality = curve(t, seed)
     (default 0.9^t·(1 + 0.01·seed)), comm/bits_up = bits_per_step·t and, if given,
     time/wall_s = wall_per_step·t and each metric of `extra` (name -> f(t, seed), replacing
     the default comm/bits_up where it names it); params are BASE_PARAMS updated by `params`
-    (a value None: without that key)."""
+    (a value None: without that key). suboptimality=False: no train/suboptimality, as a task
+    without a known f* (a network) logs."""
     from mlflow.entities import Metric, Param
 
     run = client.create_run(exp_id, run_name=f"r{seed}-{status}", tags=tags or {})
@@ -33,7 +35,8 @@ def fake_run(client, exp_id, *, seed, status, n_steps, params=None, tags=None, c
         ms += [Metric(f"task/{k}", v, now, 0) for k, v in CONSTANTS.items()]
     for t in range(0, n_steps + 1, every):
         value = curve(t, seed) if curve else 0.9**t * (1 + 0.01 * seed)
-        ms.append(Metric("train/suboptimality", value, now, t))
+        if suboptimality:
+            ms.append(Metric("train/suboptimality", value, now, t))
         if "comm/bits_up" not in (extra or {}):
             ms.append(Metric("comm/bits_up", bits_per_step * t, now, t))
         if wall_per_step is not None:
