@@ -112,7 +112,7 @@ def build_groups(runset: RunSet, *, n_boot: int = rates.N_BOOT, fit: bool = True
     them: the tuning or the held-out seeds); fits included when `fit`."""
     runs = runset.usable() if runs is None else runs
     keys = (SUBOPT, "comm/bits_up", "comm/bits_down", "comm/rounds", "time/compute_s",
-            "time/compress_s", "time/wall_s")
+            "time/compress_s", "time/wall_s", "test/accuracy", "train/loss")
     out = []
     for gid, part in runs.groupby("group", sort=False):
         part = part.sort_values("seed")

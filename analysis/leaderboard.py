@@ -96,7 +96,7 @@ class AtTarget:
 
     @classmethod
     def from_json(cls, d: dict) -> AtTarget:
-        return cls(float(d["level"]), float(d["eps"]), *(Cost.from_json(d[k]) for k in
+        return cls(float(d["level"]), _num(d["eps"]), *(Cost.from_json(d[k]) for k in
                                                          ("iterations", "bits", "seconds")))
 
 
@@ -169,7 +169,7 @@ class Entry:
     def from_json(cls, d: dict) -> Entry:
         return cls(d["config_id"], d["method_id"], d["short_name"], dict(d["config"]),
                    dict(d["hyperparameters"]), [_trial_from_json(t) for t in d["trials"]],
-                   list(d["seeds"]["tuning"]), list(d["seeds"]["evaluation"]), float(d["F0"]),
+                   list(d["seeds"]["tuning"]), list(d["seeds"]["evaluation"]), _num(d["F0"]),
                    [AtTarget.from_json(t) for t in d["targets"]],
                    FloorValue.from_json(d["floor"]), _unnum(d["final"]), dict(d["statuses"]),
                    d["name"], d["depth"], int(d["rank"]))
@@ -443,7 +443,25 @@ def _merge_boards(a: Board, b: Board, wa: str, wb: str) -> Board:
                  a.protocol, a.rank_by, entries, sorted(set(a.notes) | set(b.notes)))
 
 
+def _num(v) -> float:
+    """A number of leaderboard.json, null (unknown: a task without f*) read as NaN."""
+    return math.nan if v is None else float(v)
+
+
+def _json_safe(v):
+    """NaN and ±inf as null: JSON has no such numbers. They arise where the task knows no f*
+    (F0 = f(x0) − f* and the targets ε = r·F0 are then unknown)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
 def write(doc: dict, path) -> None:
     from pathlib import Path
 
-    Path(path).write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    text = json.dumps(_json_safe(doc), indent=1, allow_nan=False)
+    Path(path).write_text(text + "\n", encoding="utf-8")

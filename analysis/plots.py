@@ -77,8 +77,22 @@ def _log_y(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def _plotted(groups: list[Group]) -> tuple[str, str]:
+    """(key, y label): f − f* where the task knows f*, else the training loss (a network's
+    task has no f*: its runs log no suboptimality, and a log axis of nothing cannot be drawn)."""
+    for g in groups:
+        Y = g.ended[SUBOPT]
+        if Y.size and bool((np.isfinite(Y) & (Y > 0)).any()):
+            return SUBOPT, "f(x) − f*  (seed mean, band: min–max)"
+    return "train/loss", "training loss  (no f* known; seed mean, band: min–max)"
+
+
 def convergence_figure(groups: list[Group], title: str, eps: float | None = None):
-    """Three panels: f − f* against iterations, uplink bits per worker and wall time."""
+    """Three panels: f − f* (the training loss where f* is unknown) against iterations,
+    uplink bits per worker and wall time."""
+    key_y, y_label = _plotted(groups)
+    if key_y != SUBOPT:
+        eps = None  # a target is a level of f − f*
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), sharey=True, layout="constrained",
                                  dpi=DPI)
@@ -87,7 +101,7 @@ def convergence_figure(groups: list[Group], title: str, eps: float | None = None
         handles = []
         for g, (color, ls) in zip(groups, _styles(len(groups)), strict=True):
             c = g.ended
-            Y = c[SUBOPT]
+            Y = c[key_y]
             if Y.size == 0:
                 continue
             with warnings.catch_warnings():
@@ -112,7 +126,7 @@ def convergence_figure(groups: list[Group], title: str, eps: float | None = None
             ax.grid(alpha=0.3, which="both", lw=0.4)
             if eps is not None:
                 ax.axhline(eps, color="k", ls=":", lw=1)
-        axes[0].set_ylabel("f(x) − f*  (seed mean, band: min–max)")
+        axes[0].set_ylabel(y_label)
         if handles:
             labels = [h.get_label() for h in handles]
             fig.legend(handles, labels, loc="outside lower center",

@@ -181,10 +181,12 @@ class Run:
                                        **theorem_args)
         if lr_arg is None:
             if not math.isfinite(self.theorem.lr_max):
+                # the down-link is named only where it is not the plain dense broadcast
+                down_said = "" if is_dense(self.downlink) else f" and downlink={down_name}"
                 raise ConfigError(
                     f"lr=theory: no theorem admits a step size for algorithm={self.algo_name} "
-                    f"with compressor={comp_name}, downlink={down_name} "
-                    f"({self.theorem.source}); set lr to a number")
+                    f"with compressor={comp_name}{down_said} ({self.theorem.source}); set lr "
+                    f"to a number")
             lr_arg = self.theorem.lr_max
         self.lr0 = lr_arg
         self.schedule = make_schedule(

@@ -15,14 +15,19 @@ CONSTANTS = {"L": 1.0, "L_max": 1.5, "mu": 0.1, "f_star": 0.3, "zeta_sq": 0.01, 
 
 
 def fake_run(client, exp_id, *, seed, status, n_steps, params=None, tags=None, constants=True,
-             curve=None, every=10, bits_per_step=160.0, wall_per_step=None):
+             curve=None, every=10, bits_per_step=160.0, wall_per_step=None, extra=None,
+             suboptimality=True):
     """One run of `n_steps` logged every `every` steps: train/suboptimality = curve(t, seed)
     (default 0.9^t·(1 + 0.01·seed)), comm/bits_up = bits_per_step·t and, if given,
-    time/wall_s = wall_per_step·t; params are BASE_PARAMS updated by `params`."""
+    time/wall_s = wall_per_step·t and each metric of `extra` (name -> f(t, seed), replacing
+    the default comm/bits_up where it names it); params are BASE_PARAMS updated by `params`
+    (a value None: without that key). suboptimality=False: no train/suboptimality, as a task
+    without a known f* (a network) logs."""
     from mlflow.entities import Metric, Param
 
     run = client.create_run(exp_id, run_name=f"r{seed}-{status}", tags=tags or {})
-    base = BASE_PARAMS | {"seed": str(seed)} | (params or {})
+    base = {k: v for k, v in (BASE_PARAMS | {"seed": str(seed)} | (params or {})).items()
+            if v is not None}  # a key given as None is left out
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in base.items()])
     now = int(time.time() * 1000)
     ms = []
@@ -30,10 +35,13 @@ def fake_run(client, exp_id, *, seed, status, n_steps, params=None, tags=None, c
         ms += [Metric(f"task/{k}", v, now, 0) for k, v in CONSTANTS.items()]
     for t in range(0, n_steps + 1, every):
         value = curve(t, seed) if curve else 0.9**t * (1 + 0.01 * seed)
-        ms.append(Metric("train/suboptimality", value, now, t))
-        ms.append(Metric("comm/bits_up", bits_per_step * t, now, t))
+        if suboptimality:
+            ms.append(Metric("train/suboptimality", value, now, t))
+        if "comm/bits_up" not in (extra or {}):
+            ms.append(Metric("comm/bits_up", bits_per_step * t, now, t))
         if wall_per_step is not None:
             ms.append(Metric("time/wall_s", wall_per_step * t, now, t))
+        ms += [Metric(k, float(f(t, seed)), now, t) for k, f in (extra or {}).items()]
     for i in range(0, len(ms), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run.info.run_id, metrics=ms[i:i + 1000])
     if status != "RUNNING":

@@ -229,7 +229,9 @@ def test_all_gather_makes_marina_and_powersgd_exact(runs, name):
     as the simulation does: MARINA's dense rounds and PowerSGD's P and Q means are then the
     simulated ones bit for bit, and so is every logged value and the final model."""
     (_, sim_hist, sim_x), (_, dist_hist, dist_x) = runs[name]
-    assert curves(dist_hist, skip=DISTRIBUTED_ONLY) == curves(sim_hist)
+    # the collective ledger describes each layout's own collectives (W ranks vs one worker per
+    # rank), so it is left out, as in the parity test above
+    assert curves(dist_hist, skip=DISTRIBUTED_ONLY + LEDGER) == curves(sim_hist, skip=LEDGER)
     assert torch.equal(dist_x, sim_x)
 
 

@@ -76,6 +76,8 @@ RUNS = {  # per algorithm: what it needs to run on the small problem with full g
     "terngrad": ("compressor=terngrad", "lr=0.3"),
     "dqgd": ("compressor=quant_p", "lr=0.3"),
     "ef_sgd": ("compressor=topk", "compressor.ratio=0.25", "lr=0.5"),
+    "ef21": ("compressor=topk", "compressor.ratio=0.25", "lr=0.5"),
+    "marina": ("compressor=randk", "compressor.ratio=0.5", "lr=0.3"),
     "delayed_sgd": ("algorithm.delay=2", "lr=0.3"),
     "local_sgd": ("algorithm.local_steps=4", "lr=0.3"),
     "diana": ("compressor=quant_p", "lr=0.3"),

@@ -359,6 +359,34 @@ def test_leaderboard_json_validates_against_its_schema(halves):
         validate(doc)
 
 
+def test_a_task_without_f_star_gets_a_report_a_loss_figure_and_a_valid_json(tmp_path):
+    """A network's runs log no f − f* (f* is unknown): the report still builds, its
+    convergence figure shows the training loss, and leaderboard.json holds null for F0 and the
+    targets ε = r·F0 (JSON has no NaN) and validates against its schema."""
+    from analysis.groups import build_groups
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("net")
+    for lr in ("0.05", "0.1"):
+        for seed in (0, 1):
+            fake_run(client, exp, seed=seed, status="FINISHED", n_steps=50, constants=False,
+                     suboptimality=False,
+                     params={"task.name": "cifar10_resnet", "task.dataset": "fake", "lr": lr,
+                             "lr.resolved": lr},
+                     extra={"train/loss": lambda t, s: 2.3 * 0.99**t + 0.01 * s,
+                            "test/accuracy": lambda t, s: 0.1 + 0.001 * t})
+    out = tmp_path / "report"
+    assert main(["--tracking-uri", uri, "--experiment", "net", "--out", str(out),
+                 "--n-boot", "1000", "--no-log"]) == 0
+    doc = json.loads((out / "leaderboard.json").read_text())
+    validate(doc)
+    assert [p["F0"] for p in doc["problems"]] == [None]
+    groups = build_groups(load_runs(uri, ["net"]), fit=False)
+    assert plots._plotted(groups)[0] == "train/loss"
+    assert list(out.glob("convergence_*.png"))
+
+
 def test_the_schema_lists_the_codes_costs(halves):
     from suite.config import TUNE_COSTS
 

@@ -25,6 +25,21 @@ def admitting(kind: str) -> list[str]:
     return [name for name in REGISTRY if kind in REGISTRY[name].compressor_kinds]
 
 
+def _non_default(compressor) -> list[tuple[str, object]]:
+    """The compressor's hyper-parameters that differ from its factory's defaults: the ones
+    that may have decided its kind (TernGrad's clip), worth naming in a refusal."""
+    import inspect
+
+    from suite.compressors import REGISTRY as COMPRESSORS
+
+    try:
+        params = inspect.signature(COMPRESSORS[compressor.name]).parameters
+    except Exception:  # noqa: BLE001 - not a registered factory: name every set value
+        return [(k, v) for k, v in compressor.hyperparams if v is not None]
+    return [(k, v) for k, v in compressor.hyperparams
+            if k not in params or params[k].default != v]
+
+
 def build_algorithm(name: str, ctx: Context, **hyper) -> Algorithm:
     spec = get_spec(name)
     compressor = ctx.channel.compressor
@@ -33,7 +48,7 @@ def build_algorithm(name: str, ctx: Context, **hyper) -> Algorithm:
 
         wanted = " or ".join(spec.compressor_kinds)
         suggestions = sorted({c for kind in spec.compressor_kinds for c in of_kind(kind)})
-        settings = ", ".join(f"{k}={v}" for k, v in compressor.hyperparams if v is not None)
+        settings = ", ".join(f"{k}={v}" for k, v in _non_default(compressor))
         raise ConfigurationError(
             f"algorithm={name} needs an {wanted} compressor; "
             f"compressor={compressor.name}{f' ({settings})' if settings else ''} is "
