@@ -244,7 +244,9 @@ SINGLE = (*BASE, "eval_every=100")
 @pytest.mark.slow
 def test_resume_closes_a_run_whose_processes_are_gone_and_continues_it(tmp_path, procs):
     db = tmp_path / "mlruns.db"
-    job = (*SINGLE, "steps=2000", f"tracking.uri=sqlite:///{db}")
+    # long enough (seconds) to be seen in its loop before it ends, however busy the machine,
+    # and delivering its values to the store as it goes (not only when it closes)
+    job = (*SINGLE, "steps=20000", "tracking.flush_every=100", f"tracking.uri=sqlite:///{db}")
     first = procs.start(*job, cwd=tmp_path)
     (run_id,) = wait_until(lambda: training(db), WAIT_S, "the run in its training loop")
     os.killpg(first.pid, signal.SIGKILL)  # the training process and its tracking writer
@@ -256,7 +258,7 @@ def test_resume_closes_a_run_whose_processes_are_gone_and_continues_it(tmp_path,
     assert second.returncode == 0, second.err.read_text()[-3000:]
     assert list(run_ids(db)) == [run_id]  # the same run, closed then continued
     assert runs_by_status(db) == {"FINISHED": 1}
-    assert_complete(db, run_id, 2000, 100)
+    assert_complete(db, run_id, 20000, 100)
     assert "failure" not in tags(db, run_id)
 
 
