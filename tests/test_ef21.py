@@ -25,14 +25,6 @@ SMALL = ("task.dataset=synthetic", "task.n_samples=240", "task.dim=12", "task.l2
          "workers=4", "hardware.threads=1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def suboptimality(run: Run, state) -> float:
     return run.task.evaluate(run.algorithm.params(state))["train/suboptimality"]
 

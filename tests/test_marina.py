@@ -22,14 +22,6 @@ RAND3 = ("compressor=randk", "compressor.k=3", "compressor.ratio=null")  # ω = 
 EPS = 1e-8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def coins(seed: int, rounds: int, p: float) -> list[bool]:
     """The coins of rounds 1..rounds−1, replayed from the channel's shared stream (round 0
     is dense without a coin)."""

@@ -28,14 +28,6 @@ CIFAR = ("task=cifar10_resnet", "task.dataset=fake", "task.fake_size=48",
          "workers=2", "batch_size=2", "hardware.threads=1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class CountingBackend(SimulatedBackend):
     """The simulated backend, counting the all-reduces a scheme makes."""
 
