@@ -56,6 +56,7 @@ Where fork is not available (not Linux), `open_tracker` returns the synchronous 
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import logging
 import os
@@ -65,6 +66,7 @@ import select
 import signal
 import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -365,7 +367,7 @@ class BackgroundTracker:
             left = deadline - time.monotonic()
             if left <= 0:
                 self._lost(f"it did not answer in {timeout_s:.0f} s")
-                self._kill()
+                self._kill(hung=True)
                 break
             poller = select.poll()
             poller.register(self._r, select.POLLIN)
@@ -383,7 +385,7 @@ class BackgroundTracker:
         while self._run_id is None and self._gone is None and self._error is None:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._kill()
+                self._kill(hung=True)
                 self._error = TrackingUnavailable(
                     f"the tracking writer (pid {self.pid}) did not create the MLflow run in "
                     f"{self.experiment_name!r} at {self.uri} within {READY_TIMEOUT_S:.0f} s; "
@@ -428,11 +430,19 @@ class BackgroundTracker:
             f"is lost: they are saved in {path}. Send them when the store is back with: "
             f"python -m suite.tracking replay {path}")
 
-    def _kill(self) -> None:
+    def _kill(self, hung: bool = False) -> None:
+        """Stop the writer. One that hangs is first asked where its threads are: what it waits
+        for (a lock, the store) is the one thing that explains the hang afterwards."""
+        if hung:
+            stacks = _stacks_of(self.pid)
+            if stacks:
+                log.warning("the tracking writer (pid %s) did not answer; its threads were:\n%s",
+                            self.pid, stacks)
         try:
             os.kill(self.pid, signal.SIGKILL)
         except OSError:
             pass
+        _forget_stacks(self.pid)
 
     def _release(self, reusable: bool = False) -> None:
         """Done with the writer: back to the pool when it closed the run and waits for the
@@ -490,6 +500,7 @@ class _Writer:
                 os.close(from_child_r)
                 code = _writer_main(to_child_r, from_child_w, os.getppid())
             finally:
+                _forget_stacks(os.getpid())
                 os._exit(code)
         os.close(to_child_r)
         os.close(from_child_w)
@@ -552,11 +563,44 @@ def _give_back(writer: _Writer) -> None:
     writer.close()  # another run's writer is waiting already
 
 
+def _stacks_path(pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"commsgd-tracking-writer-{pid}.stacks"
+
+
+def _stacks_of(pid: int, wait_s: float = 2.0) -> str:
+    """The Python stacks of every thread of writer `pid`, which dumps them on SIGUSR1
+    (faulthandler: it works while the writer's threads are blocked, even on a lock)."""
+    path = _stacks_path(pid)
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError:
+        return ""
+    deadline, text = time.monotonic() + wait_s, ""
+    while time.monotonic() < deadline:  # until the dump has stopped growing
+        time.sleep(0.2)
+        try:
+            now = path.read_text()
+        except OSError:
+            return ""
+        if now and now == text:
+            break
+        text = now
+    return text.strip()
+
+
+def _forget_stacks(pid: int) -> None:
+    try:
+        _stacks_path(pid).unlink()
+    except OSError:
+        pass
+
+
 def _wait_for_exit(pid: int) -> None:
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass
+    _forget_stacks(pid)  # a writer that was killed did not remove it
 
 
 # -- the writer process -----------------------------------------------------------------------
@@ -594,6 +638,9 @@ def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int) -> int:
     closes the pipe or exits. Returns the exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # where its threads are, on request of a training process that waited for it in vain
+    stacks = open(_stacks_path(os.getpid()), "w")  # noqa: SIM115 - open for the process's life
+    faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True, chain=False)
     # The inherited heap is the training process's: a full garbage collection here would walk
     # all of it (hundreds of ms, and a copy of every page it touches). None of it is the
     # writer's garbage: keep it out of the collector's sight (the parent froze it already,

@@ -324,3 +324,28 @@ def test_a_store_that_cannot_be_written_stops_the_run_early(tmp_path):
         errors[writer] = info.value
     assert type(errors["process"]) is type(errors["inline"])
     assert str(errors["process"]) == str(errors["inline"])
+
+
+@needs_fork
+def test_a_writer_that_hangs_is_stopped_and_its_stacks_say_where(tmp_path, monkeypatch, caplog):
+    """A writer that stops answering (a lock it inherited held through fork, a store that
+    never returns) is killed after the wait, the training process gets TrackingDeliveryError,
+    and the log shows the writer's thread stacks: the one thing that explains such a hang."""
+    import threading
+
+    def hang_in_the_store(self, patient=True):
+        threading.Event().wait()  # never set: blocked like a thread on an orphaned lock
+
+    writer_module._take_writer().close()  # a writer forked below, with the patched flush
+    monkeypatch.setattr(MlflowTracker, "flush", hang_in_the_store)
+    tracker = BackgroundTracker(uri=f"sqlite:///{tmp_path / 'mlruns.db'}", experiment="hang",
+                                run_name="hang", params={}, tags={}, delivery_timeout_s=1.0,
+                                fallback_dir=tmp_path)
+    assert tracker.run_id  # the run is created (that does not flush)
+    monkeypatch.setattr(writer_module, "READY_TIMEOUT_S", 0.5)
+    tracker.log_metrics({"train/loss": 1.0}, step=0)
+    with pytest.raises(TrackingDeliveryError, match="did not answer"):
+        tracker.flush()
+    assert "hang_in_the_store" in caplog.text and "its threads were" in caplog.text
+    wait_for(lambda: gone(tracker.pid), 10, "the hung writer was not killed")
+    assert not writer_module._stacks_path(tracker.pid).exists()
