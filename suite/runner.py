@@ -39,9 +39,9 @@ from suite.hardware import select_device
 from suite.plugins import TASKS
 from suite.rng import SharedStream, WorkerStreams
 from suite.schedules import make_schedule
-from suite.signals import Terminated, sigterm_raises
+from suite.signals import Terminated, stop_signals
 from suite.timing import Stopwatch
-from suite.tracking import NullTracker, default_uri, retry, shielded
+from suite.tracking import NullTracker, TrackingDeliveryError, default_uri, retry
 
 log = logging.getLogger("commsgd")
 
@@ -277,7 +277,7 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
     one in the same MLflow run, from its checkpoint when it has one. checkpoint_path=FILE
     restarts from FILE. A checkpoint is used only with the run it belongs to (or with
     tracking=none): continuing it into another run would record a run without its first steps.
-    SIGTERM ends the run KILLED, as Ctrl-C does (suite.signals).
+    Ctrl-C and SIGTERM end the run KILLED; a second one waits for the close (suite.signals).
     `on_start(tracker)`, if given, is called once the run is recorded, before the first step:
     the distributed launcher learns the run's id from it, to mark the run FAILED if a rank
     dies without doing so itself.
@@ -317,10 +317,11 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
     run = Run(cfg, backend=backend)
     out_dir = Path(output_dir or tempfile.mkdtemp(prefix="commsgd-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    with sigterm_raises():
+    with stop_signals() as signals:
         tracker = _make_tracker(cfg, run, launch_dir, out_dir, sweep_id,
                                 resume_run_id=resume_run_id)
         status, reason, state, final = "FAILED", None, None, {}
+        ended_by = None  # the exception that ended the run, if one did
         try:
             if on_start is not None:
                 on_start(tracker)
@@ -329,22 +330,23 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
                 saver = _checkpointer(ckpt_path, run, tracker, digest, uri)
             state, final = _loop(cfg, run, tracker, restored=restored, save=saver)
             status = "FINISHED"
-        except Diverged as exc:
-            reason = str(exc)
-            tracker.set_tags({"diverged": "true"})
-        except KeyboardInterrupt:
-            status, reason = "KILLED", "interrupted (KeyboardInterrupt)"
-            raise
-        except Terminated as exc:
-            status, reason = "KILLED", str(exc)
-            raise
         except BaseException as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            raise
+            # first, before any call: from here a signal waits until the run is closed
+            signals.closing = True
+            ended_by, (status, reason) = exc, _ending(exc)
+            if not isinstance(exc, Diverged):
+                raise
+            tracker.set_tags({"diverged": "true"})
         finally:
-            # closing the run is not interrupted: a second Ctrl-C or SIGTERM waits for it
-            with shielded():
+            signals.closing = True  # the same on the way out of a run that ended by itself
+            try:
                 status, reason = _finish(cfg, run, tracker, out_dir, status, reason)
+            except TrackingDeliveryError as undelivered:
+                if ended_by is None or isinstance(ended_by, Diverged):
+                    raise
+                # what stopped the run (a crash, Ctrl-C) is what the caller must see; the
+                # store's trouble is said beside it, with the file that holds the values
+                log.error("commsgd: %s", undelivered)
     # Built after _finish, not inside the try: reading tracker.run_id waits for the writer
     # process to have created the run, which in a fresh process (still importing MLflow) is
     # better hidden behind the plots than waited for before them.
@@ -352,6 +354,17 @@ def execute(cfg: DictConfig, *, launch_dir: Path | None = None, output_dir: Path
                      tracker.history, reason,
                      params=run.algorithm.params(state) if status == "FINISHED" else None,
                      experiment_id=tracker.experiment_id)
+
+
+def _ending(exc: BaseException) -> tuple[str, str]:
+    """(status, reason) of a run that an exception ended."""
+    if isinstance(exc, Diverged):
+        return "FAILED", str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "KILLED", "interrupted (KeyboardInterrupt)"
+    if isinstance(exc, Terminated):
+        return "KILLED", str(exc)
+    return "FAILED", f"{type(exc).__name__}: {exc}"
 
 
 def _in_store(uri: str, run_id: str | None) -> bool:

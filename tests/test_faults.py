@@ -186,13 +186,9 @@ SWEEP = ("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "seed=0,1,2
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [
-    # A known open defect (issue #18, not resolved): Ctrl-C to the whole process group of a
-    # joblib sweep sometimes leaves one run RUNNING and one FAILED instead of two KILLED
-    # (reproduced 2 of 3 times on 2026-12-02, on main before and after the sweep-speed merge).
-    # The test still runs and reports XPASS when the runs are closed correctly.
-    pytest.param("ctrl_c_to_the_group", marks=pytest.mark.xfail(
-        reason="issue #18: Ctrl-C to a joblib sweep's group can leave a run RUNNING",
-        strict=False)),
+    # Ctrl-C reaches every process of the group while the launcher passes SIGTERM on to its
+    # workers: two signals per worker (test_a_second_signal_... reproduces that in one process)
+    "ctrl_c_to_the_group",
     "sigterm_to_the_launcher"])
 def test_an_interrupted_parallel_sweep_closes_every_run_killed_and_leaves_no_process(
         tmp_path, procs, how):
@@ -374,6 +370,47 @@ def test_sigterm_ends_a_single_run_killed_with_its_artifacts(tmp_path, procs):
     assert runs_by_status(db) == {"KILLED": 1}
     assert tags(db, run_id)["failure"] == "terminated (SIGTERM)"
     assert {"config.yaml", "curves.csv", "convergence.png"} <= artifacts(db, run_id)
+
+
+# == 4. two signals at once (a sweep's Ctrl-C reaches a worker with its launcher's SIGTERM) ==
+TWO_SIGNALS = """
+import os, signal, sys
+from pathlib import Path
+from suite import runner
+from tests.conftest import make_cfg
+
+real_step = runner._step
+
+def step(algo, state, t, lr):
+    if t == 50:  # both pending at once: Python runs SIGINT's handler, SIGTERM's at its next check
+        both = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, both)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, both)
+    return real_step(algo, state, t, lr)
+
+runner._step = step
+cfg = make_cfg(*sys.argv[2:])
+runner.execute(cfg, launch_dir=Path.cwd(), output_dir=Path(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_signal_on_the_way_to_closing_the_run_waits_for_the_close(tmp_path):
+    db, out = tmp_path / "mlruns.db", tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", TWO_SIGNALS, str(out), *BASE, "steps=1000", "eval_every=10",
+         "tracking=mlflow", "tracking.plot=true", f"tracking.uri=sqlite:///{db}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=WAIT_S)
+    assert proc.returncode != 0, proc.stderr[-3000:]  # stopped, by the first signal
+    assert runs_by_status(db) == {"KILLED": 1}, proc.stderr[-3000:]
+    (run_id,) = run_ids(db)
+    assert tags(db, run_id)["failure"] == "interrupted (KeyboardInterrupt)"
+    assert {"config.yaml", "curves.csv", "convergence.png"} <= artifacts(db, run_id)
+    assert {"config.yaml", "curves.csv", "convergence.png"} <= {p.name for p in out.iterdir()}
+    assert steps(db, run_id, "train/loss")[-1] == 50  # the history up to the stop
 
 
 # == 5. full disks ==

@@ -308,6 +308,28 @@ def test_a_dead_writer_loses_nothing(tmp_path, monkeypatch, trackers):
 
 
 @needs_fork
+def test_a_crash_with_a_dead_writer_raises_the_crash_and_logs_the_fallback(
+        tmp_path, monkeypatch, caplog, trackers):
+    """What stopped the run is what the caller sees: a crash after the writer died raises the
+    crash, not the delivery error, which the log states with the file holding the values."""
+    def kill_the_writer(metrics, initial, threshold, step):
+        if step == 500:
+            assert trackers[0].run_id
+            os.kill(trackers[0].pid, signal.SIGKILL)
+            wait_for(lambda: gone(trackers[0].pid), 10, "the writer survived SIGKILL")
+
+    monkeypatch.setattr(suite.runner, "_check_divergence", kill_the_writer)
+    monkeypatch.setenv("COMMSGD_TEST_FAIL_AT_STEP", "700")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        execute(make_cfg("tracking=mlflow", "steps=1000", *FAST), launch_dir=tmp_path,
+                output_dir=tmp_path / "out")
+    (fallback,) = (tmp_path / "out").glob("unsent-metrics-*.jsonl")
+    assert str(fallback) in caplog.text and "nothing is lost" in caplog.text
+    header = json.loads(fallback.read_text().splitlines()[0])
+    assert header["status"] == "FAILED" and "simulated crash" in header["reason"]
+
+
+@needs_fork
 def test_a_store_that_cannot_be_written_stops_the_run_early(tmp_path):
     """The writer cannot create the run: its error is raised in the training process at its
     next log call, not after training; the same error as the synchronous tracker's."""
