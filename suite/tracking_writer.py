@@ -633,6 +633,21 @@ def _forget_inherited_stores() -> None:
             sessions.cache_clear()
 
 
+def _drop_inherited_telemetry() -> None:
+    """Drop MLflow's usage-telemetry client inherited from the parent. Its consumer threads
+    did not survive fork, and one of them may have held the client's locks at that moment:
+    MLflow records an event at every create_run and log_batch, and the writer's first one
+    would then wait forever on a lock nobody will release. With no client, MLflow records
+    nothing from this process; the parent's own telemetry is whatever its user configured."""
+    telemetry = sys.modules.get("mlflow.telemetry.client")
+    if telemetry is None or not hasattr(telemetry, "_MLFLOW_TELEMETRY_CLIENT"):
+        return
+    _INHERITED.append(telemetry._MLFLOW_TELEMETRY_CLIENT)  # never even finalized here
+    telemetry._MLFLOW_TELEMETRY_CLIENT = None  # set directly: its lock may be held, too
+    if hasattr(telemetry, "_client_lock"):
+        telemetry._client_lock = threading.Lock()
+
+
 def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int) -> int:
     """The child's body: the runs the training process opens, one after another, until it
     closes the pipe or exits. Returns the exit code."""
@@ -647,6 +662,7 @@ def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int) -> int:
     # unless someone else had frozen objects before).
     gc.freeze()
     _forget_inherited_stores()
+    _drop_inherited_telemetry()
 
     def reply(msg) -> None:
         try:

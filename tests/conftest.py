@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # each would oversubscribe them, and tiny batched kernels then run hundreds of times slower.
 torch.set_num_threads(1)
 CONF = str(ROOT / "conf")
+
+# A shell starts a background command (`make test &`, nohup) with SIGINT ignored, and every
+# process it starts inherits that: the runs the tests interrupt with Ctrl-C would then, rightly,
+# ignore it. The tests' processes react to Ctrl-C as a user's foreground run does.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -371,3 +371,52 @@ def test_a_writer_that_hangs_is_stopped_and_its_stacks_say_where(tmp_path, monke
     assert "hang_in_the_store" in caplog.text and "its threads were" in caplog.text
     wait_for(lambda: gone(tracker.pid), 10, "the hung writer was not killed")
     assert not writer_module._stacks_path(tracker.pid).exists()
+
+
+@needs_fork
+def test_a_writer_forked_while_mlflow_telemetry_holds_its_lock_still_delivers(
+        tmp_path, monkeypatch):
+    """fork copies a lock held by another thread, and nobody in the child will release it.
+    MLflow's usage telemetry (on unless the user opts out) takes its locks in consumer threads
+    and at every create_run and log_batch: forked at the wrong moment, a writer would wait on
+    them forever. Here a thread holds them across the fork, every time."""
+    import threading
+
+    import mlflow.telemetry.client as telemetry
+    import mlflow.telemetry.utils as telemetry_utils
+
+    monkeypatch.setattr(telemetry_utils, "_IS_IN_CI_ENV_OR_TESTING", False)  # as for a user
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    monkeypatch.delenv("DO_NOT_TRACK", raising=False)
+    client = telemetry.TelemetryClient.__new__(telemetry.TelemetryClient)
+    client.__dict__.update(config=None, _is_active=True, _is_stopped=False,
+                           _pending_records=[], _batch_size=10**9, _lock=threading.RLock(),
+                           _batch_lock=threading.Lock())
+    monkeypatch.setattr(telemetry, "_MLFLOW_TELEMETRY_CLIENT", client)
+    assert not telemetry_utils.is_telemetry_disabled()
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_locks():
+        with client._batch_lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold_the_locks, daemon=True)
+    holder.start()
+    held.wait()
+    writer_module._take_writer().close()  # the writer below is forked now, locks held
+    try:
+        tracker = BackgroundTracker(uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
+                                    experiment="telemetry", run_name="telemetry", params={},
+                                    tags={}, delivery_timeout_s=60.0, fallback_dir=tmp_path)
+        for step in range(3):
+            tracker.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+        tracker.finish("FINISHED")
+    finally:
+        release.set()
+        holder.join()
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}").get_run(
+        tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["train/loss"] == pytest.approx(1.0 / 3)
