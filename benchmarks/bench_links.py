@@ -6,9 +6,10 @@ which each compressor beats the dense all-reduce. 2 ranks, one worker each, gloo
 
 For each rate, both ranks run in a fresh network namespace whose loopback tc shapes to it (as
 `hardware.link.rate` runs a job). A step is what DistributedBackend does for one up-link round,
-as the channel calls it: compress (TernGrad: after the all_reduce MAX of its shared scale),
-then `mean_of_messages` (dense: all_reduce of the float32 sum; compressed: encode, the two
-all_gathers, decode every worker's message, decompress, average). Per step:
+as the runner's channel performs it (`Channel.send_up`, through the scheme's protocol): dense,
+the all_reduce of the float32 sum; a compressor, compress (TernGrad: after the all_reduce MAX
+of its shared scale), encode, the two all_gathers, decode every worker's message, average;
+PowerSGD, the all_reduces of P and of Q around the orthogonalisation. Per step:
 
 - measured: --reps steps back to back, then a barrier (the bytes of a step still on the way
   when a rank has what it needs delay the next step's collectives, as in training), on the
@@ -60,8 +61,10 @@ def _rank(rank: int, world_size: int, port: int, d: int, reps: int, repeats: int
     import torch.distributed as dist
 
     from suite.backends.distributed import DistributedBackend
+    from suite.comm import Channel
     from suite.compressors import build_compressor
     from suite.rng import WorkerStreams
+    from suite.timing import Stopwatch
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       TORCHELASTIC_USE_AGENT_STORE="True")
@@ -72,23 +75,24 @@ def _rank(rank: int, world_size: int, port: int, d: int, reps: int, repeats: int
     x = torch.randn(1, d, generator=torch.Generator().manual_seed(rank))
     results = {}
 
-    def step(c):
-        if c.needs_shared_scale:
-            payload = c.compress(x, streams, backend.max(c.local_scale(x)))
-        else:
-            payload = c.compress(x, streams)
-        backend.mean_of_messages(c, payload, c.decompress(payload))
-
     for label, name, hp in methods:
-        c = build_compressor(name or "identity", **hp)
-        step(c)  # warm-up
+        # one up-link round as the runner's channel performs it, through the scheme's own
+        # collectives (TernGrad's scale, PowerSGD's two all-reduces, the gathers of encoded
+        # messages), each recorded in the backend's ledger
+        channel = Channel(backend, build_compressor(name or "identity", **hp), streams,
+                          Stopwatch(backend.device), seed=0)
+
+        def step(c=channel):
+            c.send_up(x)
+
+        step()  # warm-up (a stateful scheme's state is initialised here)
         ledger, best = backend.ledger, None
         for _ in range(repeats):
             backend.barrier()
             wire0, calls0 = ledger.seconds, ledger.totals()
             start = time.perf_counter()
             for _ in range(reps):  # back to back, as in training: a step's bytes still on
-                step(c)            # the way delay the next one's collectives
+                step()             # the way delay the next one's collectives
             backend.barrier()  # ... and the last step's, this barrier (queued behind them)
             total = time.perf_counter() - start
             cpu = total - (ledger.seconds - wire0)  # outside the collectives, this rank
