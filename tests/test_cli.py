@@ -121,7 +121,12 @@ def test_ctrl_c_marks_the_run_killed(tmp_path):
             pytest.fail(f"run ended early: {proc.communicate()}")
     assert started, "the run never logged its first metrics"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # it ignored Ctrl-C: do not leave it running
+            proc.kill()
+            proc.communicate()
     (run,) = all_runs(client_for(tmp_path))
     assert run.info.status == "KILLED"
     # one line, not a KeyboardInterrupt traceback, and the shell's status for SIGINT
