@@ -111,3 +111,15 @@ def test_a_synthetic_run_imports_only_what_it_uses(tmp_path):
            "assert r.status == 'FINISHED', r.reason")
     imported_after(run)  # computes and caches the constants
     assert imported_after(run) == set()
+
+
+def test_a_run_of_the_default_task_does_not_import_scikit_learn(tmp_path):
+    """breast_cancer (the default data set) is read from scikit-learn's bundled file without
+    importing scikit-learn (~1.3 s), once its constants are cached."""
+    run = ("from tests.conftest import make_cfg\nfrom suite.runner import execute\n"
+           "from pathlib import Path\n"
+           f"r = execute(make_cfg(*{FAST!r}), "
+           f"launch_dir=Path({str(tmp_path)!r}), output_dir=Path({str(tmp_path / 'o')!r}))\n"
+           "assert r.status == 'FINISHED', r.reason")
+    imported_after(run)  # computes and caches the constants
+    assert imported_after(run) == set()

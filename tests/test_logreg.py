@@ -153,3 +153,18 @@ def test_a_workers_gradient_does_not_depend_on_which_other_workers_the_process_h
         xs = 3 * torch.randn(4, full.dim, dtype=torch.float64, generator=gen)
         assert torch.equal(full.grads(xs, batch)[2:],
                            half.grads(xs[2:], None if batch is None else batch[2:]))
+
+
+def test_breast_cancer_read_from_its_file_is_scikit_learns_to_the_bit():
+    """The bundled CSV read without importing scikit-learn gives load_breast_cancer()'s arrays:
+    the same float64 bits, the same int targets (569 × 30, 357 benign)."""
+    from sklearn.datasets import load_breast_cancer
+
+    from tasks.datasets import breast_cancer
+
+    A, target = breast_cancer()
+    reference = load_breast_cancer()
+    assert A.dtype == np.float64 and A.shape == (569, 30)
+    assert A.tobytes() == reference.data.astype(np.float64).tobytes()
+    assert target.dtype == reference.target.dtype and np.array_equal(target, reference.target)
+    assert int(target.sum()) == 357
