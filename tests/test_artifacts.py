@@ -100,25 +100,15 @@ def test_importing_the_cli_imports_nothing_heavy():
     assert imported_after("import suite.cli") == set()
 
 
-def test_a_synthetic_run_imports_only_what_it_uses(tmp_path):
-    """tracking=none on synthetic data, no plot: no data-set library, no MLflow, no plotting,
-    no pandas. (scipy is imported to compute the task's constants, once per data set; with
-    them cached it is not.)"""
+@pytest.mark.parametrize("dataset", ["synthetic", "breast_cancer"])
+def test_a_run_imports_only_what_it_uses(tmp_path, dataset):
+    """tracking=none, no plot: no data-set library, no MLflow, no plotting, no pandas. The
+    default data set, breast_cancer, is read from scikit-learn's bundled file without importing
+    scikit-learn (~1.3 s). (scipy is imported to compute the task's constants, once per data
+    set; with them cached it is not.)"""
     run = ("from tests.conftest import make_cfg\nfrom suite.runner import execute\n"
            "from pathlib import Path\n"
-           f"r = execute(make_cfg('task.dataset=synthetic', *{FAST!r}), "
-           f"launch_dir=Path({str(tmp_path)!r}), output_dir=Path({str(tmp_path / 'o')!r}))\n"
-           "assert r.status == 'FINISHED', r.reason")
-    imported_after(run)  # computes and caches the constants
-    assert imported_after(run) == set()
-
-
-def test_a_run_of_the_default_task_does_not_import_scikit_learn(tmp_path):
-    """breast_cancer (the default data set) is read from scikit-learn's bundled file without
-    importing scikit-learn (~1.3 s), once its constants are cached."""
-    run = ("from tests.conftest import make_cfg\nfrom suite.runner import execute\n"
-           "from pathlib import Path\n"
-           f"r = execute(make_cfg(*{FAST!r}), "
+           f"r = execute(make_cfg('task.dataset={dataset}', *{FAST!r}), "
            f"launch_dir=Path({str(tmp_path)!r}), output_dir=Path({str(tmp_path / 'o')!r}))\n"
            "assert r.status == 'FINISHED', r.reason")
     imported_after(run)  # computes and caches the constants
