@@ -214,8 +214,11 @@ def test_sigkill_of_the_launcher_ends_its_workers_and_resume_runs_each_config_on
         tmp_path, procs):
     db = tmp_path / "mlruns.db"
     # long enough (seconds per job) that the two jobs seen training are still training when
-    # the kill arrives, however busy the machine; the first loss shows at step 500
-    job = ("steps=20000", "eval_every=500", "tracking.plot=true", f"tracking.uri=sqlite:///{db}")
+    # the kill arrives, however busy the machine; the first loss shows at step 500, and the
+    # writer delivers every 100 values (not at the close: on an idle machine a job's values
+    # would otherwise first be seen as it closes, FINISHED, and the kill would find nothing)
+    job = ("steps=20000", "eval_every=500", "tracking.plot=true", "tracking.flush_every=100",
+           f"tracking.uri=sqlite:///{db}")
     sweep = procs.start(*SWEEP, *job, cwd=tmp_path)
     wait_until(lambda: training(db, 2), WAIT_S, "two jobs in their training loops")
     os.kill(sweep.pid, signal.SIGKILL)  # the launcher gets no chance to stop anything
