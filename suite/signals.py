@@ -36,10 +36,6 @@ class Terminated(SystemExit):
         return self.message
 
 
-def raise_terminated(signum, frame):
-    raise Terminated()
-
-
 class stop_signals:
     """SIGINT and SIGTERM in the main thread while a run executes: the first one stops the
     run, the later ones wait for its close.
