@@ -118,6 +118,9 @@ def main() -> None:
     """The console script: the app, with every mistake on the command line said in one line
     (exit 2) and Ctrl-C in one line (exit 130): suite/cli_errors.py."""
     provenance.remember_command()
+    if cli_help.asks_for_help(sys.argv[1:]):
+        with cli_help.one_repository_per_listing():
+            sys.exit(cli_errors.run_app(app, USER_ERRORS))
     sys.exit(cli_errors.run_app(app, USER_ERRORS))
 
 

@@ -9,6 +9,7 @@ Hydra composes anything.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -98,3 +99,41 @@ Shell completion (bash): eval "$(commsgd-run -sc install=bash)". Hydra's own fla
 
 def register() -> None:
     OmegaConf.register_new_resolver(RESOLVER, help_template, replace=True)
+
+
+def asks_for_help(argv: list[str]) -> bool:
+    """Whether Hydra's command line would print the app's help (`--help` or `-h`)."""
+    return "--help" in argv or "-h" in argv
+
+
+@contextlib.contextmanager
+def one_repository_per_listing():
+    """While Hydra writes `--help`: every group listing answered by one config repository.
+
+    Hydra's help lists the options of every config group twice over (`Hydra.get_help` formats
+    the app's groups and Hydra's own, walking the group tree), and each of those ~130 questions
+    goes to `ConfigLoaderImpl.get_group_options`, which builds a new repository for it: a deep
+    copy of the whole ConfigStore (~5 ms each, most of the help's second on 2 cores). A
+    repository depends only on the config name and the overrides, which do not change while
+    one help text is written, so the repository built for the first question with them
+    answers the rest: the same listing, by Hydra's own code (tests/test_cli_messages.py
+    compares the two). Outside this block Hydra's method is back as it was."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.object_type import ObjectType
+
+    hydras_own = ConfigLoaderImpl.get_group_options
+    repositories: dict[tuple, object] = {}
+
+    def get_group_options(self, group_name, results_filter=ObjectType.CONFIG,
+                          config_name=None, overrides=None):
+        key = (id(self), config_name, tuple(overrides or ()))
+        if key not in repositories:
+            repositories[key] = self._parse_overrides_and_create_caching_repo(
+                config_name, list(overrides or ()))[1]
+        return repositories[key].get_group_options(group_name, results_filter)
+
+    ConfigLoaderImpl.get_group_options = get_group_options
+    try:
+        yield
+    finally:
+        ConfigLoaderImpl.get_group_options = hydras_own

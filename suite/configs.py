@@ -17,7 +17,11 @@ as an "automatically matched schema" (hydra/_internal/config_loader_impl.py,
 has a defaults list. So the rule here is: **a YAML preset on the search path (the suite's
 conf/, a plugin's config package) is the option's config; a node is generated only for an option
 no YAML provides.** The suite's own options all ship YAML presets (they carry the comments users
-read, and tests check they agree with the factories); a plugin needs none.
+read, and tests check they agree with the factories); a plugin needs none. The suite's
+`downlink` presets are two lines each (`/compressor/<name>@_here_`: the compressor's preset
+in the downlink package), so that `--help` and a Tab press, which register the nodes too,
+never import a factory's module (torch, ~2 s). A plugin option without YAML pays that import
+where its node is made; its own `commsgd.configs` presets avoid it.
 
 `register(search_path)` runs wherever Hydra composes a config (the command line, a joblib or
 SLURM job, the compose API in tests and notebooks), from the search-path plugin

@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,7 +156,8 @@ def test_help_names_the_app_and_says_how_to_run_it(help_text):
 
 
 def test_help_lists_every_group_with_its_options_on_one_line(help_text):
-    for group in ("task", "algorithm", "compressor", "hardware", "tracking", "experiment"):
+    for group in ("task", "algorithm", "compressor", "downlink", "hardware", "tracking",
+                  "experiment"):
         line = f"{group}: {', '.join(group_options(group))}"
         assert line in help_text.splitlines(), line
 
@@ -169,6 +175,56 @@ def test_help_lists_every_top_level_key_with_its_default_and_comment(help_text):
         (line,) = [ln for ln in lines if ln.strip().startswith(f"{key}=")]
         assert line.strip().startswith(f"{key}={default} ") or line.strip() == f"{key}={default}"
         assert comment.split()[0] in line, (key, comment)
+
+
+def hydra_listing(reuse: bool) -> tuple[str, str]:
+    """Hydra's own listing of the app's groups and of its own groups (what --help prints),
+    made with Hydra's per-question repositories or with suite.cli_help's one repository."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+
+    from suite.cli_help import one_repository_per_listing
+
+    GlobalHydra.instance().clear()
+    try:
+        hydra = Hydra.create_main_hydra2("commsgd", create_config_search_path(str(CONF)))
+        with one_repository_per_listing() if reuse else contextlib.nullcontext():
+            return (hydra.format_config_groups(lambda g: not g.startswith("hydra")),
+                    hydra.format_config_groups(lambda g: g.startswith("hydra")))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_help_lists_the_groups_as_hydra_does_with_one_repository():
+    """The help's shortcut (one config repository for every listing) changes no line of
+    Hydra's listing, of the app's groups or of Hydra's own, and puts Hydra's method back."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    hydras_own = ConfigLoaderImpl.get_group_options
+    app_groups, hydra_groups = hydra_listing(reuse=False)
+    assert hydra_listing(reuse=True) == (app_groups, hydra_groups)
+    assert ConfigLoaderImpl.get_group_options is hydras_own
+    assert f"downlink: {', '.join(group_options('downlink'))}" in app_groups.splitlines()
+    assert "hydra/sweeper: basic, commsgd" in hydra_groups.splitlines()
+
+
+def test_help_and_a_completion_request_import_no_torch():
+    """`--help` and a Tab press never import torch (~2 s): every option of the suite, down-link
+    options included, has a YAML preset, so no config node is generated from a factory."""
+    probe = ("import sys, json, os\nfrom suite.cli import main\ntry:\n    main()\n"
+             "except SystemExit:\n    pass\n"
+             "print(json.dumps([m for m in ('torch', 'mlflow') if m in sys.modules]))")
+    for argv, env in ((["--help"], {}),
+                      (["-sc", "query=bash"], {"COMP_LINE": "commsgd-run downlink=",
+                                               "COMP_POINT": "21"})):
+        proc = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, text=True,
+                              capture_output=True, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT), **env))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        *shown, modules = proc.stdout.strip().splitlines()
+        assert json.loads(modules) == [], argv
+        assert "topk" in "\n".join(shown), argv  # the down-link options were listed
 
 
 def test_help_comes_from_the_config_not_a_copy():
