@@ -27,6 +27,10 @@ Two reuses, both with Hydra's own code doing the composing:
   again). So within a sweep the first part is kept per (config name, search path, choosing
   overrides) and each job gets a deep copy of the kept merge, to which Hydra's second part
   applies that job's value overrides as always. A sweep over values alone builds one tree.
+  The config files themselves are read and parsed once per sweep too (parsing YAML is ~8 ms
+  for conf/config.yaml alone): each composition still gets its own repository, whose first
+  load of a file is a deep copy of the sweep's parse of it (`FilesReadOnce`), so that what one
+  composition changes in what it loaded (Hydra merges schemas into it) reaches no other.
 
 tests/test_sweep_compose.py compares every job's config, key by key and flag by flag, with a
 loader that composes as Hydra does. The sweeper is hydra_plugins/commsgd_sweep/reusing_sweeper.py.
@@ -39,7 +43,27 @@ import dataclasses
 import functools
 
 from hydra._internal import config_loader_impl
+from hydra._internal.config_repository import CachingConfigRepository
 from hydra._internal.defaults_list import Overrides
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+
+class FilesReadOnce(CachingConfigRepository):
+    """Hydra's repository for one composition (it caches what it loads for that composition),
+    in front of a cache shared by the sweep's compositions: a file is read and parsed once, and
+    each composition's first load of it is a deep copy of that parse."""
+
+    def __init__(self, delegate, parsed: dict):
+        super().__init__(delegate)
+        self.parsed = parsed
+
+    def load_config(self, config_path: str):
+        if config_path not in self.cache:
+            key = (tuple((s.provider, s.path) for s in self.get_sources()), config_path)
+            if key not in self.parsed:
+                self.parsed[key] = self.delegate.load_config(config_path=config_path)
+            self.cache[config_path] = copy.deepcopy(self.parsed[key])
+        return self.cache[config_path]
 
 
 class DefaultsReused:
@@ -51,18 +75,29 @@ class DefaultsReused:
         self.loader = loader
         self.trees: dict[tuple, object] = {}  # key -> Hydra's DefaultsList
         self.merged: dict[int, tuple] = {}  # id(DefaultsList.defaults) -> (defaults, merge)
+        self.files: dict[tuple, object] = {}  # (search path, config path) -> ConfigResult
         self._hydras_defaults_list = config_loader_impl.create_defaults_list
         self._hydras_compose = loader._compose_config_from_defaults_list
 
     def __enter__(self):
         config_loader_impl.create_defaults_list = self.defaults_list
         self.loader._compose_config_from_defaults_list = self.compose
+        self.loader._parse_overrides_and_create_caching_repo = self.repository
         return self
 
     def __exit__(self, *exc):
         config_loader_impl.create_defaults_list = self._hydras_defaults_list
-        del self.loader._compose_config_from_defaults_list  # the class's method again
+        del self.loader._compose_config_from_defaults_list  # the class's methods again
+        del self.loader._parse_overrides_and_create_caching_repo
         return False
+
+    def repository(self, config_name, overrides):
+        """What Hydra's `_parse_overrides_and_create_caching_repo` does, with a FilesReadOnce
+        repository in place of its CachingConfigRepository."""
+        parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+        repo = FilesReadOnce(self.loader.repository, self.files)
+        self.loader._process_config_searchpath(config_name, parsed, repo)
+        return parsed, repo
 
     def defaults_list(self, repo, config_name, overrides_list, prepend_hydra, skip_missing):
         """Hydra's `create_defaults_list`, kept per key; each call gets its own value
