@@ -56,6 +56,7 @@ Where fork is not available (not Linux), `open_tracker` returns the synchronous 
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import gc
 import logging
@@ -268,13 +269,22 @@ class BackgroundTracker:
     def finish(self, status: str, reason: str | None = None) -> None:
         """Close the run: the writer delivers what is left (retrying for delivery_timeout_s,
         then saving it to a fallback file) and sets the terminal status; its errors are raised
-        here, with the messages the synchronous tracker gives."""
+        here, with the messages the synchronous tracker gives. Inside `closes_pipelined()` (a
+        sweep's jobs in one process) the close is sent and its confirmation awaited later:
+        `wait_for_closes`."""
         if self._done or self._error_raised:
             return
         self._done = True
+        self._send(("finish", status, reason))
+        if _pipelined and self._error is None and self._gone is None:
+            _closing.append((self, status, reason))
+            return
+        self._confirm_close(status, reason)
+
+    def _confirm_close(self, status: str, reason: str | None) -> None:
+        """Wait for the writer's reply to `finish` and act on it (see `finish`)."""
         started = time.perf_counter()
         try:
-            self._send(("finish", status, reason))
             reply = self._await({"finished"}, self.delivery_timeout_s + READY_TIMEOUT_S)
         finally:
             self.finish_wait_s = time.perf_counter() - started
@@ -540,9 +550,58 @@ class _Writer:
 _idle: _Writer | None = None  # a writer waiting for this process's next run
 _idle_lock = threading.Lock()
 
+# Pipelined closes. Closing a run is the writer's work (the last values, the artifacts, the
+# terminal status: ~20-40 ms of SQLite transactions per run); the training process only has to
+# have *sent* the close: from then on the writer closes the run even if this process dies (it
+# reads the close before the EOF). So in a sweep whose jobs run one after another in this
+# process, `finish` returns once the close is sent, and the next job's composition and set-up
+# overlap with the writer's work on the other core. The close is confirmed (and its errors
+# raised, with the messages `finish` gives) before the writer serves the next run, and when the
+# sweep ends: no run is reported before its close is confirmed, none is left unconfirmed.
+_pipelined = False
+_closing: list[tuple[BackgroundTracker, str, str | None]] = []  # sent, not yet confirmed
+
+
+@contextlib.contextmanager
+def closes_pipelined():
+    """Within the block, BackgroundTracker.finish returns once the close is sent; leaving it
+    confirms every close (raising the first error, or logging it if the block is left by an
+    exception of its own, which stays the one raised)."""
+    global _pipelined
+    _pipelined = True
+    try:
+        yield
+    except BaseException:
+        _pipelined = False
+        try:
+            wait_for_closes()
+        except Exception as exc:  # noqa: BLE001 - the block's own exception is the one to see
+            log.error("commsgd: %s", exc)
+        raise
+    _pipelined = False
+    wait_for_closes()
+
+
+def wait_for_closes() -> None:
+    """Confirm every close that `finish` sent and did not wait for: each run's writer reply,
+    its errors raised as `finish` raises them (the first; the others are logged)."""
+    first = None
+    while _closing:
+        tracker, status, reason = _closing.pop(0)
+        try:
+            tracker._confirm_close(status, reason)
+        except Exception as exc:  # noqa: BLE001 - every close is confirmed before raising
+            if first is None:
+                first = exc
+            else:
+                log.error("commsgd: %s", exc)
+    if first is not None:
+        raise first
+
 
 def _take_writer() -> _Writer:
     global _idle
+    wait_for_closes()  # the last run's writer goes back to the pool once its close is confirmed
     with _idle_lock:
         writer, _idle = _idle, None
     if writer is not None:

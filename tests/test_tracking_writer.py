@@ -420,3 +420,57 @@ def test_a_writer_forked_while_mlflow_telemetry_holds_its_lock_still_delivers(
         tracker.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["train/loss"] == pytest.approx(1.0 / 3)
+
+
+@needs_fork
+def test_pipelined_closes_are_confirmed_before_the_next_run_and_when_the_sweep_ends(
+        tmp_path, trackers):
+    """In a sweep's block (`closes_pipelined`), `finish` returns once the close is sent; the
+    next run's tracker confirms it before it takes the writer, and leaving the block confirms
+    the last: every run FINISHED with all its values, one writer for all of them."""
+    with writer_module.closes_pipelined():
+        for i in range(3):
+            cfg = make_cfg("tracking=mlflow", "steps=30", f"seed={i}", *FAST)
+            assert execute(cfg, launch_dir=tmp_path).status == "FINISHED"
+            assert [t for t, _, _ in writer_module._closing] == [trackers[i]]  # sent only
+            assert trackers[i].finish_wait_s is None
+            if i:
+                assert trackers[i - 1].finish_wait_s is not None  # confirmed by this run
+    assert writer_module._closing == [] and trackers[2].finish_wait_s is not None
+    assert len({t.pid for t in trackers}) == 1
+    client = client_for(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("logreg").experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        assert len(client.get_metric_history(r.info.run_id, "train/lr")) == 30
+        assert {a.path for a in client.list_artifacts(r.info.run_id)} >= {"config.yaml",
+                                                                            "curves.csv"}
+
+
+@needs_fork
+def test_a_writer_dead_before_confirming_a_pipelined_close_loses_nothing(
+        tmp_path, monkeypatch, trackers):
+    """The writer is stopped before it can read the close and killed after the run returned:
+    the sweep's end raises TrackingDeliveryError naming the fallback file, which holds the
+    run's FINISHED status, as a close waited for in `finish` does."""
+    steps = 40
+
+    def stop_the_writer(metrics, initial, threshold, step):
+        if step == steps:
+            assert trackers[0].run_id
+            os.kill(trackers[0].pid, signal.SIGSTOP)
+
+    monkeypatch.setattr(suite.runner, "_check_divergence", stop_the_writer)
+    with pytest.raises(TrackingDeliveryError, match="nothing is lost") as info:
+        with writer_module.closes_pipelined():
+            result = execute(make_cfg("tracking=mlflow", f"steps={steps}", *FAST),
+                             launch_dir=tmp_path, output_dir=tmp_path / "out")
+            assert result.status == "FINISHED" and len(writer_module._closing) == 1
+            os.kill(trackers[0].pid, signal.SIGKILL)
+            wait_for(lambda: gone(trackers[0].pid), 10, "the writer survived SIGKILL")
+    assert writer_module._closing == []
+    fallback = tmp_path / "out" / f"unsent-metrics-{result.run_id}.jsonl"
+    assert str(fallback) in str(info.value)
+    header = json.loads(fallback.read_text().splitlines()[0])
+    assert header["status"] == "FINISHED" and header["run_id"] == result.run_id

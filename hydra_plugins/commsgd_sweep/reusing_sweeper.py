@@ -4,7 +4,21 @@ sweepers from its `hydra_plugins` package only."""
 
 from __future__ import annotations
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+
+def _closes_pipelined(launch):
+    """The launcher's `launch`, inside suite.tracking_writer.closes_pipelined: every run of the
+    batch is closed and confirmed when it returns."""
+
+    def launch_with_closes_pipelined(job_overrides, initial_job_idx):
+        from suite.tracking_writer import closes_pipelined
+
+        with closes_pipelined():
+            return launch(job_overrides, initial_job_idx)
+
+    return launch_with_closes_pipelined
 
 
 class ReusingBasicSweeper(BasicSweeper):
@@ -13,6 +27,10 @@ class ReusingBasicSweeper(BasicSweeper):
 
         self.composed = ComposedOnce(hydra_context.config_loader)
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if isinstance(self.launcher, BasicLauncher):
+            # the jobs run one after another in this process: each run's close is confirmed
+            # while the next job is composed and set up (suite/tracking_writer.py)
+            self.launcher.launch = _closes_pipelined(self.launcher.launch)
 
     def validate_batch_is_legal(self, batch) -> None:
         self.composed.validate(self.config, batch)
