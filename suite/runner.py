@@ -431,8 +431,7 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
         lr_log[t] = lr
         if (t + 1) % every == 0 or t + 1 == steps:
             # evaluation and logging happen off the clock
-            for s, v in lr_log.items():
-                tracker.log_metrics({"train/lr": v}, step=s)
+            tracker.log_series("train/lr", lr_log)
             lr_log.clear()
             metrics = run.evaluate(state)
             tracker.log_metrics(metrics | _times(run, wall, t + 1), step=t + 1)
@@ -441,8 +440,7 @@ def _loop(cfg: DictConfig, run: Run, tracker, *, restored=None, save=None):
                 bar.update(t + 1 - bar.n)
                 bar.set_postfix(_postfix(metrics), refresh=False)
         if save is not None and (t + 1) % cfg.checkpoint_every == 0 and t + 1 < steps:
-            for s, v in lr_log.items():
-                tracker.log_metrics({"train/lr": v}, step=s)
+            tracker.log_series("train/lr", lr_log)
             lr_log.clear()
             save(state=state, step=t + 1, wall=wall, initial_loss=initial_loss)
     if bar is not None:

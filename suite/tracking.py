@@ -65,6 +65,11 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.history.extend((k, float(v), step) for k, v in metrics.items())
 
+    def log_series(self, key: str, values: dict[int, float]) -> None:
+        """One metric at many steps ({step: value}, in step order): what `log_metrics` of
+        each would do, in one call (train/lr, logged every step, goes this way)."""
+        self.history.extend((key, float(v), step) for step, v in values.items())
+
     def log_artifact(self, path: Path, subdir: str | None = None) -> None:
         pass
 
@@ -297,6 +302,10 @@ class MlflowTracker(NullTracker):
         self.log_rows([(k, float(v), now, step) for k, v in metrics.items()])
         if len(self._buffer) >= self.flush_every:
             self.flush(patient=False)
+
+    def log_series(self, key: str, values: dict[int, float]) -> None:
+        for step, value in values.items():
+            self.log_metrics({key: value}, step)
 
     def log_rows(self, rows) -> None:
         """Buffer (key, value, timestamp_ms, step) rows stamped elsewhere (the writer process

@@ -244,6 +244,23 @@ class BackgroundTracker:
         if len(self._pending) >= SEND_EVERY:
             self._send_pending()
 
+    def log_series(self, key: str, values: dict[int, float]) -> None:
+        """`log_metrics({key: value}, step)` for each (step, value), at a fraction of the cost:
+        one poll and one timestamp for them all (the training loop logs train/lr this way,
+        a value per step)."""
+        if self._skip_through:  # a resumed run: what the store holds already is not sent
+            for step, value in values.items():
+                self.log_metrics({key: value}, step)
+            return
+        if self._poller.poll(0) or self._error is not None:
+            self._poll()
+        now = int(time.time() * 1000)
+        rows = [(key, float(v), step) for step, v in values.items()]
+        self.history.extend(rows)
+        self._pending.extend((k, v, now, step) for k, v, step in rows)
+        if len(self._pending) >= SEND_EVERY:
+            self._send_pending()
+
     def set_tags(self, tags: dict[str, str]) -> None:
         tags = {k: str(v) for k, v in tags.items()}
         self._sent_tags.update(tags)
