@@ -203,21 +203,30 @@ class LogisticRegression:
             + self.l2 * x
 
     def evaluate(self, x: torch.Tensor) -> dict[str, float]:
+        """The values of `loss`, `full_grad` and the test set's loss and accuracy, from one
+        product A·x per set (the same operations on the same products, so the same bits as
+        computing each on its own; evaluation runs every eval_every steps of every run)."""
         x = x.to(self.dtype)
-        loss = float(self.loss(x))
-        g = self.full_grad(x)
-        margin = self.b_test * (self.A_test @ x)
+        z_train, z_test = self.A_train @ x, self.A_test @ x
+        neg_margin = -self.b_train * z_train
+        loss = float(_mean_logistic_of(neg_margin) + 0.5 * self.l2 * x.dot(x))
+        g = self.A_train.T @ (-self.b_train * torch.sigmoid(neg_margin)) / self.n + self.l2 * x
+        neg_test_margin = -self.b_test * z_test
         return {
             "train/loss": loss,
             "train/suboptimality": loss - self.constants["f_star"],
             "train/grad_norm_sq": float(g.dot(g)),
-            "test/loss": float(_mean_logistic(self.A_test, self.b_test, x)),
-            "test/accuracy": float((margin > 0).to(self.dtype).mean()),
+            "test/loss": float(_mean_logistic_of(neg_test_margin)),
+            "test/accuracy": float(((self.b_test * z_test) > 0).to(self.dtype).mean()),
         }
 
 
 def _mean_logistic(A, b, x):
-    # logaddexp, not softplus: torch's softplus returns its input above a threshold, an error
-    # of ~e^−20 that would dominate suboptimalities of 1e−10.
-    z = -b * (A @ x)
+    return _mean_logistic_of(-b * (A @ x))
+
+
+def _mean_logistic_of(z):
+    """mean_j log(1 + e^{z_j}) for z_j = −b_j a_jᵀx. logaddexp, not softplus: torch's softplus
+    returns its input above a threshold, an error of ~e^−20 that would dominate
+    suboptimalities of 1e−10."""
     return torch.logaddexp(torch.zeros_like(z), z).mean()

@@ -168,3 +168,26 @@ def test_breast_cancer_read_from_its_file_is_scikit_learns_to_the_bit():
     assert A.tobytes() == reference.data.astype(np.float64).tobytes()
     assert target.dtype == reference.target.dtype and np.array_equal(target, reference.target)
     assert int(target.sum()) == 357
+
+
+def test_evaluation_is_the_loss_gradient_and_test_metrics_to_the_bit(cancer):
+    """evaluate() shares one A·x per data set between the metrics; each value is the bit
+    pattern of the task's loss, full gradient and test metrics computed on their own, and
+    the loss and gradient equal autograd's."""
+    from tasks.logreg import _mean_logistic
+
+    for seed in range(4):
+        x = torch.randn(cancer.dim, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(seed))
+        loss, g = float(cancer.loss(x)), cancer.full_grad(x)
+        assert cancer.evaluate(x) == {
+            "train/loss": loss,
+            "train/suboptimality": loss - cancer.constants["f_star"],
+            "train/grad_norm_sq": float(g.dot(g)),
+            "test/loss": float(_mean_logistic(cancer.A_test, cancer.b_test, x)),
+            "test/accuracy": float(((cancer.b_test * (cancer.A_test @ x)) > 0)
+                                   .to(torch.float64).mean()),
+        }
+        xg = x.clone().requires_grad_(True)
+        (auto,) = torch.autograd.grad(cancer.loss(xg), xg)
+        torch.testing.assert_close(g, auto, rtol=1e-12, atol=1e-14)
