@@ -17,6 +17,7 @@ Each loader returns train and held-out test parts. Where a data set ships no tes
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 from pathlib import Path
 from typing import NamedTuple
@@ -73,6 +74,14 @@ def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
 
         data = load_breast_cancer()
         return data.data.astype(np.float64), data.target
+    table, d = _bundled_table(path)
+    return table[:, :d].copy(), table[:, d].astype(int)
+
+
+@functools.lru_cache(maxsize=4)
+def _bundled_table(path: Path) -> tuple[np.ndarray, int]:
+    """The file's table [n, d + 1] (read-only) and d, parsed once per process: a sweep's jobs
+    run in one process, and parsing the 569 rows is most of building a short run's task."""
     with open(path, newline="") as f:
         rows = csv.reader(f)
         n, d = (int(v) for v in next(rows)[:2])
@@ -80,7 +89,8 @@ def breast_cancer() -> tuple[np.ndarray, np.ndarray]:
     if table.shape != (n, d + 1):
         raise ValueError(f"{path}: expected {n} rows of {d} features and a target, "
                          f"found a {table.shape[0]}×{table.shape[1]} table")
-    return table[:, :d].copy(), table[:, d].astype(int)
+    table.flags.writeable = False
+    return table, d
 
 
 def _synthetic(*, seed: int, n: int, d: int, heterogeneity: float) -> Dataset:
