@@ -195,11 +195,18 @@ class LogisticRegression:
         return table
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        return _mean_logistic(self.A_train, self.b_train, x) + 0.5 * self.l2 * x.dot(x)
+        return self._loss_at(x, -self.b_train * (self.A_train @ x))
 
     def full_grad(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.A_train @ x
-        return self.A_train.T @ (-self.b_train * torch.sigmoid(-self.b_train * z)) / self.n \
+        return self._grad_at(x, -self.b_train * (self.A_train @ x))
+
+    def _loss_at(self, x: torch.Tensor, neg_margin: torch.Tensor) -> torch.Tensor:
+        """f(x), given −b_j a_jᵀx for every training sample."""
+        return _mean_logistic_of(neg_margin) + 0.5 * self.l2 * x.dot(x)
+
+    def _grad_at(self, x: torch.Tensor, neg_margin: torch.Tensor) -> torch.Tensor:
+        """∇f(x), given −b_j a_jᵀx for every training sample."""
+        return self.A_train.T @ (-self.b_train * torch.sigmoid(neg_margin)) / self.n \
             + self.l2 * x
 
     def evaluate(self, x: torch.Tensor) -> dict[str, float]:
@@ -207,17 +214,17 @@ class LogisticRegression:
         product A·x per set (the same operations on the same products, so the same bits as
         computing each on its own; evaluation runs every eval_every steps of every run)."""
         x = x.to(self.dtype)
-        z_train, z_test = self.A_train @ x, self.A_test @ x
-        neg_margin = -self.b_train * z_train
-        loss = float(_mean_logistic_of(neg_margin) + 0.5 * self.l2 * x.dot(x))
-        g = self.A_train.T @ (-self.b_train * torch.sigmoid(neg_margin)) / self.n + self.l2 * x
-        neg_test_margin = -self.b_test * z_test
+        neg_margin = -self.b_train * (self.A_train @ x)
+        loss = float(self._loss_at(x, neg_margin))
+        g = self._grad_at(x, neg_margin)
+        neg_test_margin = -self.b_test * (self.A_test @ x)
         return {
             "train/loss": loss,
             "train/suboptimality": loss - self.constants["f_star"],
             "train/grad_norm_sq": float(g.dot(g)),
             "test/loss": float(_mean_logistic_of(neg_test_margin)),
-            "test/accuracy": float(((self.b_test * z_test) > 0).to(self.dtype).mean()),
+            # −b·z < 0 exactly where b·z > 0 (negation is exact)
+            "test/accuracy": float((neg_test_margin < 0).to(self.dtype).mean()),
         }
 
 
