@@ -20,6 +20,7 @@ from suite.config import check_overrides, method_choice
 from suite.errors import USER_ERRORS, one_line
 from suite.launch import execute_job, is_primary
 from suite.signals import Terminated
+from suite.sweep_summary import JobOutcome, job_line
 from suite.tracking import run_url
 
 # The package's own config files (suite/conf: in a checkout a link to the repository's conf/,
@@ -57,7 +58,8 @@ def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None
     """One job as the command line runs it: (exit status, RunResult or None).
 
     0: finished or skipped; 1: the run failed (diverged); 2: refused with a one-line message
-    that names what to fix. In a sweep, the app turns 2 into an exception and 1 into "go on".
+    that names what to fix. In a sweep, the app turns 2 into an exception and 1 into "go on",
+    and the job prints one line instead of the run's summary.
     """
     try:
         # simulated hardware runs here; multi_* starts hardware.world_size ranks (or, under
@@ -75,6 +77,11 @@ def run_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path | None = None
         print(one_line(exc), file=sys.stderr)
         exc.commsgd_reported = True  # a sweep re-raises it: main() need not say it again
         return 2, exc
+    if sweep_id is not None:
+        # a sweep's job says one line; the sweep's end prints one summary (suite/sweep_summary)
+        if is_primary():
+            print(job_line(result), flush=True)
+        return (0 if result.status in ("FINISHED", "SKIPPED") else 1), result
     if result.status == "SKIPPED":
         print(f"commsgd: skipped: {result.reason}")
         return 0, result
@@ -93,7 +100,7 @@ def name_method(cfg: DictConfig, choices: dict) -> None:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def app(cfg: DictConfig) -> float | None:
+def app(cfg: DictConfig) -> float | JobOutcome | None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     name_method(cfg, dict(hc.runtime.choices))
@@ -106,10 +113,10 @@ def app(cfg: DictConfig) -> float | None:
         if multirun:
             raise result  # a bad config in a sweep stops the sweep
         sys.exit(2)
+    if multirun:
+        return JobOutcome(result)  # a failed run's job goes on to the next; its value is NaN
     if code == 1:
-        if not multirun:
-            sys.exit(1)  # a failed single run is a failed command; a sweep goes on
-        return None
+        sys.exit(1)  # a failed single run is a failed command
     final = getattr(result, "final", {}) or {}
     return final.get("train/suboptimality", final.get("train/loss"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -11,6 +12,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
+from analysis.report import main as report_main
+from suite.tracking import runs_table_url
 from tests.conftest import ROOT, run_cli
 
 FAST = ("task.l2=0.01", "workers=4", "eval_every=10", "progress=false")
@@ -82,6 +85,54 @@ def test_forced_divergence_fails_the_run_and_the_sweep_goes_on(tmp_path):
     assert runs["0.1"].info.status == "FINISHED"
     single = run_cli("steps=100", "lr=500", *FAST, cwd=tmp_path, check=False)
     assert single.returncode == 1 and "run failed" in single.stdout
+
+
+def test_a_sweep_says_one_line_per_job_and_one_summary_at_its_end(tmp_path, monkeypatch):
+    first = run_cli("-m", "steps=100", "lr=500,0.1", *FAST, cwd=tmp_path)
+    runs = {r.data.params["lr"]: r for r in all_runs(client_for(tmp_path))}
+    lines = first.stdout.splitlines()
+    # per job, one line naming its run (no run summary: no metrics table, no store lines)
+    assert [x for x in lines if x.startswith("commsgd: run")] == [
+        f"commsgd: run failed ({runs['500'].data.tags['failure']}): "
+        f"run {runs['500'].info.run_id}",
+        f"commsgd: run finished: train/suboptimality "
+        f"{runs['0.1'].data.metrics['train/suboptimality']:.6g}, run {runs['0.1'].info.run_id}"]
+    assert "time/wall_s" not in first.stdout
+    # once, at the end: the counts, the store, the command that opens it, the runs table and
+    # the report command
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    exp_id = runs["0.1"].info.experiment_id
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    summary = lines[lines.index(next(x for x in lines if x.startswith("commsgd: sweep"))):]
+    assert summary[:4] == [
+        f"commsgd: sweep done: 2 jobs (1 finished, 1 failed); outputs in {sweep_dir}",
+        f"  logged to {uri}, experiment 'logreg'",
+        f"  open it with: mlflow ui --backend-store-uri {uri}",
+        f"  runs table of 'logreg': {runs_table_url(uri, exp_id)}"]
+    assert first.stdout.count("open it with") == 1
+    prefix = "  leaderboard: "
+    assert summary[4].startswith(prefix) and len(summary) == 5
+    command = shlex.split(summary[4][len(prefix):])
+    assert command[:3] == ["commsgd-report", "--tracking-uri", uri]
+    monkeypatch.chdir(tmp_path)  # the command, as printed, run where the sweep ran
+    assert report_main([*command[1:], "--n-boot", "1000", "--no-log"]) == 0
+    assert (tmp_path / "reports" / "logreg" / "report.md").is_file()
+
+    # a resumed sweep: the finished config is skipped, the new one runs
+    again = run_cli("-m", "steps=100", "lr=0.1", "seed=0,1", "resume=true", *FAST,
+                    cwd=tmp_path)
+    assert again.stdout.count("commsgd: skipped:") == 1
+    assert "commsgd: sweep done: 2 jobs (1 finished, 1 skipped)" in again.stdout
+
+
+def test_a_sweep_without_tracking_says_where_its_outputs_are(tmp_path):
+    proc = run_cli("-m", "steps=20", "seed=0,1", "tracking=none", *FAST, cwd=tmp_path)
+    (sweep_dir,) = (tmp_path / "multirun").glob("*/*")
+    assert proc.stdout.count("commsgd: run finished") == 2
+    assert proc.stdout.splitlines()[-2:] == [
+        f"commsgd: sweep done: 2 jobs (2 finished); outputs in {sweep_dir}",
+        "  not tracked (tracking=none): each job's curves are in its output directory"]
+    assert not (tmp_path / "mlruns.db").exists()
 
 
 def test_config_error_exits_nonzero_and_records_no_run(tmp_path):

@@ -1,11 +1,15 @@
 """`hydra/sweeper=commsgd` (the default): Hydra's basic sweeper, composing each job's config
-once instead of twice (suite/sweep_compose.py says how). Here because Hydra instantiates
-sweepers from its `hydra_plugins` package only."""
+once instead of twice (suite/sweep_compose.py says how), and printing one summary when the
+sweep ends (suite/sweep_summary.py). Here because Hydra instantiates sweepers from its
+`hydra_plugins` package only."""
 
 from __future__ import annotations
 
+import os
+
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.utils import JobStatus
 
 
 def _closes_pipelined(launch):
@@ -34,3 +38,15 @@ class ReusingBasicSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch) -> None:
         self.composed.validate(self.config, batch)
+
+    def sweep(self, arguments):
+        """Hydra's sweep, then one summary of all its jobs (a job that raised stops the sweep
+        with its own message before this: Hydra re-raises it)."""
+        from suite.sweep_summary import sweep_summary
+
+        returns = super().sweep(arguments)
+        outcomes = [r._return_value for batch in returns for r in batch
+                    if r.status == JobStatus.COMPLETED]
+        sweep_dir = os.path.abspath(str(self.config.hydra.sweep.dir))
+        print(sweep_summary(outcomes, sweep_dir), flush=True)
+        return returns
