@@ -334,6 +334,10 @@ class BackgroundTracker:
             self._send_pending()
         if self._gone is not None:
             return
+        if msg[0] in ("flush", "finish"):
+            # from here the writer's next reply is this request's, and may come before the
+            # caller waits for it (the _poll below takes it): `_await` keeps what came
+            self._reply = None
         self._out += _frame(msg)
         self._pump()
         self._poll()
@@ -383,10 +387,10 @@ class BackgroundTracker:
             self._reply = (kind, _local(msg[1]))
 
     def _await(self, kinds: set[str], timeout_s: float):
-        """Send what is queued and wait for the writer's reply of one of `kinds` (None when
-        the writer is gone, or does not answer in timeout_s: then it is stopped)."""
+        """Send what is queued and wait for the writer's reply of one of `kinds`, the reply to
+        the last request `_send` sent, which may have come already (None when the writer is
+        gone, or does not answer in timeout_s: then it is stopped)."""
         deadline = time.monotonic() + timeout_s
-        self._reply = None
         while self._gone is None and self._error is None:
             if self._reply is not None and self._reply[0] in kinds:
                 reply, self._reply = self._reply, None

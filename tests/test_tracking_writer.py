@@ -423,6 +423,54 @@ def test_a_writer_forked_while_mlflow_telemetry_holds_its_lock_still_delivers(
 
 
 @needs_fork
+@pytest.mark.parametrize("request_kind", ["flush", "finish"])
+def test_a_reply_that_arrives_with_its_request_is_not_lost(tmp_path, monkeypatch, request_kind):
+    """The writer may answer a flush or a close before the call that sent it starts waiting:
+    `_send` takes the replies already in the pipe. That reply must still end the wait (it was
+    dropped once: a checkpoint's flush then hung for delivery_timeout_s + READY_TIMEOUT_S and
+    the writer was declared lost). Made certain here: after each request the pump waits until
+    the writer's whole answer is in the pipe."""
+    import select
+
+    tracker = BackgroundTracker(uri=f"sqlite:///{tmp_path / 'mlruns.db'}", experiment="race",
+                                run_name="race", params={}, tags={}, delivery_timeout_s=1.0,
+                                fallback_dir=tmp_path)
+    assert tracker.run_id
+    tracker.log_metrics({"train/loss": 1.0}, step=0)
+    pump, frame = BackgroundTracker._pump, writer_module._frame
+    framed: list[str] = []  # the kind of the last message put on the pipe
+
+    def frame_and_note(msg):
+        framed[:] = [msg[0]]
+        return frame(msg)
+
+    def pump_then_wait_for_the_answer(self):
+        pump(self)
+        if not self._out and framed == [request_kind]:  # the request itself is sent
+            framed.clear()
+            poller = select.poll()
+            poller.register(self._r, select.POLLIN)
+            assert poller.poll(10_000), "the writer did not answer in 10 s"
+            time.sleep(0.5)  # its whole answer (an ack, then the reply) is in the pipe
+
+    monkeypatch.setattr(writer_module, "_frame", frame_and_note)
+    monkeypatch.setattr(BackgroundTracker, "_pump", pump_then_wait_for_the_answer)
+    monkeypatch.setattr(writer_module, "READY_TIMEOUT_S", 5.0)
+    started = time.monotonic()
+    if request_kind == "flush":
+        tracker.flush()
+        tracker.finish("FINISHED")
+    else:
+        tracker.finish("FINISHED")
+    assert time.monotonic() - started < 5.0  # answered, not timed out
+    assert not gone(tracker.pid)  # not stopped as a writer that does not answer
+    assert not list(tmp_path.glob("unsent-metrics-*"))  # nothing left undelivered
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}").get_run(
+        tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["train/loss"] == 1.0
+
+
+@needs_fork
 def test_pipelined_closes_are_confirmed_before_the_next_run_and_when_the_sweep_ends(
         tmp_path, trackers):
     """In a sweep's block (`closes_pipelined`), `finish` returns once the close is sent; the
