@@ -75,10 +75,11 @@ def is_primary() -> bool:
 def execute_job(cfg: DictConfig, *, launch_dir: Path, output_dir: Path,
                 sweep_id: str | None = None):
     """Run one job on its hardware; returns the runner's RunResult (rank 0's, when spawned)."""
-    from suite.runner import execute
-
     _check_link(cfg)
     if not is_distributed(cfg):
+        _start_tracking_writer(cfg, launch_dir)  # before torch is imported: see the function
+        from suite.runner import execute
+
         return execute(cfg, launch_dir=launch_dir, output_dir=output_dir, sweep_id=sweep_id)
     check_job(cfg)
     if under_torchrun():
@@ -110,6 +111,20 @@ def run_as_rank(cfg: DictConfig, *, launch_dir: Path, output_dir: Path,
 
     return execute(cfg, launch_dir=launch_dir, output_dir=output_dir, sweep_id=sweep_id,
                    backend=backend, on_start=on_start)
+
+
+def _start_tracking_writer(cfg: DictConfig, launch_dir: Path) -> None:
+    """A job tracked by the writer process (tracking=mlflow, tracking.writer=process) starts
+    its writer first, so that MLflow's import and the store's opening there overlap with this
+    process importing torch and building the task (suite.tracking_writer.prestart). A bad
+    tracking config is left to the runner, which says what is wrong."""
+    tracking = cfg.get("tracking") or {}
+    if tracking.get("name") != "mlflow" or tracking.get("writer", "process") != "process":
+        return
+    from suite.tracking import default_uri
+    from suite.tracking_writer import prestart
+
+    prestart(tracking.get("uri") or default_uri(launch_dir))
 
 
 def _check_link(cfg: DictConfig) -> None:

@@ -207,6 +207,12 @@ class BackgroundTracker:
         self.pid, self._w, self._r = self._writer.pid, self._writer.w, self._writer.r
         self._poller = select.poll()
         self._poller.register(self._r, select.POLLIN)
+        # params and tags as the plain strings the store keeps (MlflowTracker logs str(value)):
+        # a value of a library's type (a NumPy or torch scalar, torch.__version__'s str
+        # subclass) would make the writer import that library to unpickle it (torch: ~1.2 s,
+        # while the run waits), and a writer started ahead of the run (`prestart`) has none
+        params = {k: str(v) for k, v in params.items()}
+        tags = {k: str(v) for k, v in tags.items()}
         kwargs = dict(uri=uri, experiment=experiment, run_name=run_name, params=params,
                       tags=tags, flush_every=flush_every, fallback_dir=self.fallback_dir,
                       delivery_timeout_s=delivery_timeout_s, resume_run_id=resume_run_id)
@@ -504,7 +510,7 @@ class _Writer:
     a short job). A writer kept for the next run pays both once per process, not once per run.
     """
 
-    def __init__(self):
+    def __init__(self, preload: str | None = None):
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         sys.stdout.flush()  # the child must not write the parent's buffered output again
@@ -529,7 +535,7 @@ class _Writer:
             try:
                 os.close(to_child_w)
                 os.close(from_child_r)
-                code = _writer_main(to_child_r, from_child_w, os.getppid())
+                code = _writer_main(to_child_r, from_child_w, os.getppid(), preload)
             finally:
                 _forget_stacks(os.getpid())
                 os._exit(code)
@@ -618,6 +624,33 @@ def wait_for_closes() -> None:
                 log.error("commsgd: %s", exc)
     if first is not None:
         raise first
+
+
+def prestart(uri: str | None) -> None:
+    """Start this process's writer now, ahead of its first run, and have it open the store at
+    `uri` while this process sets the run up.
+
+    Why. A run started from the shell imports torch and builds its task (~2-3 s) before it
+    opens its tracker; a writer forked only then imports MLflow and opens the store (another
+    ~2-3 s: `import mlflow` alone is ~2 s) while the run trains, and a short run then waits
+    for it at its close. Started first, the writer does that work on the other core while this
+    process imports torch, and it is forked from a process that holds neither torch nor the
+    task (a smaller fork). It says nothing until the run opens (`_take_writer` takes it like
+    any idle writer); what it could not open is tried again, and reported, when the run opens.
+    Nothing to do where fork is unavailable or a writer is waiting already.
+    """
+    global _idle
+    if not fork_available():
+        return
+    with _idle_lock:
+        if _idle is not None:
+            return
+    writer = _Writer(preload=uri)  # frozen objects stay frozen until its first run ends
+    with _idle_lock:
+        if _idle is None:
+            _idle = writer
+            return
+    writer.close()
 
 
 def _take_writer() -> _Writer:
@@ -728,9 +761,11 @@ def _drop_inherited_telemetry() -> None:
         telemetry._client_lock = threading.Lock()
 
 
-def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int) -> int:
+def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int,
+                 preload: str | None = None) -> int:
     """The child's body: the runs the training process opens, one after another, until it
-    closes the pipe or exits. Returns the exit code."""
+    closes the pipe or exits (first opening the store at `preload`, see `prestart`). Returns
+    the exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # where its threads are, on request of a training process that waited for it in vain
@@ -766,6 +801,8 @@ def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int) -> int:
             inbox.put(msg)
 
     threading.Thread(target=read, name="commsgd-tracking-reader", daemon=True).start()
+    if preload is not None:
+        _preload(preload)
     while True:
         msg = _next_message(inbox, parent_pid)
         if msg[0] == "eof":
@@ -788,6 +825,25 @@ def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int) -> int:
         reply(("ready", tracker.run_id, dict(tracker._skip_through), tracker.experiment_id))
         if _serve(tracker, inbox, reply, parent_pid) == "eof":
             return 0
+
+
+def _preload(uri: str) -> None:
+    """Import MLflow's client and, for a local SQLite store named by an absolute path, create
+    its schema and open it (MLflow keeps the opened store and its engine for the run's own
+    open). One try, and silent: the run's open repeats what failed here, with its retries and
+    its messages. A server is not contacted before the run asks for it, and a relative path is
+    left to the run, which says in which directory it works."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        from suite.stores import prepare, sqlite_path
+
+        path = sqlite_path(uri)
+        if path is not None and path.is_absolute():
+            prepare(uri)
+            MlflowClient(tracking_uri=uri)
+    except Exception as exc:  # noqa: BLE001 - the run's own open says what is wrong
+        log.debug("tracking writer: opening %s ahead of the run failed (%s)", uri, exc)
 
 
 def _next_message(inbox, parent_pid: int, timeout_s: float | None = None):

@@ -4,8 +4,10 @@ dies."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -522,3 +524,117 @@ def test_a_writer_dead_before_confirming_a_pipelined_close_loses_nothing(
     assert str(fallback) in str(info.value)
     header = json.loads(fallback.read_text().splitlines()[0])
     assert header["status"] == "FINISHED" and header["run_id"] == result.run_id
+
+
+# -- a writer started ahead of the run (suite.tracking_writer.prestart) --------------------------
+AHEAD_OF_TORCH = r"""
+import json, sys
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+from suite.launch import execute_job
+import suite.tracking_writer as w
+
+out = Path(sys.argv[1])
+with initialize_config_dir(config_dir=sys.argv[2], version_base="1.3"):
+    cfg = compose(config_name="config", overrides=[
+        "progress=false", "steps=40", "task.l2=0.01", "workers=2", "eval_every=10",
+        f"tracking.uri=sqlite:///{out / 'mlruns.db'}"])
+torch_before = "torch" in sys.modules
+result = execute_job(cfg, launch_dir=out, output_dir=out / "job")
+maps = Path(f"/proc/{w._idle.pid}/maps").read_text()  # the writer, waiting for the next run
+print(json.dumps({"status": result.status, "run_id": result.run_id,
+                  "torch_before": torch_before, "torch_here": "torch" in sys.modules,
+                  "writer_maps_torch": "libtorch" in maps, "writer": w._idle.pid}))
+"""
+
+
+@needs_fork
+def test_a_job_starts_its_writer_before_torch_and_the_writer_never_imports_it(tmp_path):
+    """From a fresh interpreter (a run started from the shell) the writer is forked before the
+    runner imports torch, so that its MLflow import overlaps with torch's; nothing the run sends
+    it makes it import torch after all (its address space maps no libtorch), and the run is
+    stored as any other."""
+    proc = subprocess.run([sys.executable, "-c", AHEAD_OF_TORCH, str(tmp_path),
+                           str(ROOT / "conf")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["status"] == "FINISHED"
+    assert not seen["torch_before"] and seen["torch_here"]  # the runner did import torch
+    assert not seen["writer_maps_torch"]
+    run = client_for(tmp_path).get_run(seen["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["torch.version"] and run.data.params["steps"] == "40"
+    assert len(client_for(tmp_path).get_metric_history(seen["run_id"], "train/lr")) == 40
+
+
+@needs_fork
+def test_a_writer_started_ahead_serves_the_run_as_a_writer_started_by_it(tmp_path, trackers):
+    """prestart forks the writer the run then takes (one writer, not two), and the run it
+    stores holds what the run would store with a writer forked at its opening."""
+    results, pids = {}, {}
+    for ahead in (False, True):
+        writer_module._take_writer().close()  # no idle writer left over from earlier runs
+        uri = f"sqlite:///{tmp_path / f'ahead-{ahead}.db'}"
+        if ahead:
+            writer_module.prestart(uri)
+            pids["started"] = writer_module._idle.pid
+        cfg = make_cfg("tracking=mlflow", f"tracking.uri={uri}", "steps=30", *FAST)
+        results[ahead] = execute(cfg, launch_dir=tmp_path, output_dir=tmp_path / f"o{ahead}")
+        assert results[ahead].status == "FINISHED"
+    assert trackers[-1].pid == pids["started"]
+    stored = {}
+    for ahead in (False, True):
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / f'ahead-{ahead}.db'}")
+        run = only_run(client)
+        params = {k: v for k, v in run.data.params.items() if k != "tracking.uri"}
+        stored[ahead] = (histories(client, run), params, run.info.status)
+    assert stored[True] == stored[False]
+
+
+@needs_fork
+def test_a_store_that_fails_ahead_of_the_run_fails_the_run_with_the_same_error(tmp_path):
+    """What the writer could not open ahead of the run it tries again when the run opens, and
+    the run gets the error a writer forked at its opening gives."""
+    (tmp_path / "file").write_text("not a directory")
+    uri = f"sqlite:///{tmp_path / 'file' / 'mlruns.db'}"
+    errors = {}
+    for ahead in (False, True):
+        writer_module._take_writer().close()
+        if ahead:
+            writer_module.prestart(uri)
+        cfg = make_cfg("tracking=mlflow", f"tracking.uri={uri}", "steps=1000000", *FAST)
+        with pytest.raises(Exception) as info:  # noqa: B017 - compared between the two
+            execute(cfg, launch_dir=tmp_path, output_dir=tmp_path / "out")
+        errors[ahead] = info.value
+    assert type(errors[True]) is type(errors[False])
+    assert str(errors[True]) == str(errors[False])
+
+
+class _ModulesSeen(pickle.Unpickler):
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.modules: set[str] = set()
+
+    def find_class(self, module, name):
+        self.modules.add(module.split(".")[0])
+        return super().find_class(module, name)
+
+
+@needs_fork
+def test_what_a_run_sends_its_writer_needs_no_library_to_read(tmp_path, monkeypatch):
+    """Every message to the writer unpickles with the standard library alone: a NumPy or torch
+    scalar, or torch.__version__ (a str subclass), among the params, tags or values would make
+    a writer started ahead of torch import it (seconds) before it could open the run."""
+    sent = []
+    frame = writer_module._frame
+    monkeypatch.setattr(writer_module, "_frame", lambda msg: sent.append(frame(msg)) or sent[-1])
+    cfg = make_cfg("tracking=mlflow", "steps=30", "algorithm=ef_sgd", "compressor=topk", *FAST)
+    assert execute(cfg, launch_dir=tmp_path).status == "FINISHED"
+    kinds, modules = set(), set()
+    for framed in sent:
+        reader = _ModulesSeen(framed[writer_module._HEADER.size:])
+        kinds.add(reader.load()[0])
+        modules |= reader.modules
+    assert {"open", "metrics", "artifact", "finish"} <= kinds
+    assert modules <= set(sys.stdlib_module_names), modules - set(sys.stdlib_module_names)
