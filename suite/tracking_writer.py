@@ -88,7 +88,7 @@ from suite.tracking import (
 log = logging.getLogger("commsgd.tracking")
 
 WRITERS = ("process", "inline")
-SEND_EVERY = 100  # values the training process gathers before one message to the writer
+SEND_EVERY = 500  # values the training process gathers before one message to the writer
 WRITE_AT = 1000  # values the writer gathers for one log_batch while messages keep coming
 IDLE_S = 0.2  # ... or fewer, once no message came for this long
 READY_TIMEOUT_S = 300.0  # creating the run: retries against a locked or restarting store
