@@ -637,10 +637,12 @@ def prestart(uri: str | None) -> None:
     process imports torch, and it is forked from a process that holds neither torch nor the
     task (a smaller fork). It says nothing until the run opens (`_take_writer` takes it like
     any idle writer); what it could not open is tried again, and reported, when the run opens.
-    Nothing to do where fork is unavailable or a writer is waiting already.
+    Nothing to do where fork is unavailable, or where this process has a writer already:
+    waiting for the next run, or still closing the last (a sweep's pipelined close), which
+    the run takes once the close is confirmed.
     """
     global _idle
-    if not fork_available():
+    if not fork_available() or _closing:
         return
     with _idle_lock:
         if _idle is not None:

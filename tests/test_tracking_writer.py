@@ -473,15 +473,23 @@ def test_a_reply_that_arrives_with_its_request_is_not_lost(tmp_path, monkeypatch
 
 
 @needs_fork
+@pytest.mark.parametrize("entry", ["runner", "job"])
 def test_pipelined_closes_are_confirmed_before_the_next_run_and_when_the_sweep_ends(
-        tmp_path, trackers):
+        tmp_path, trackers, entry):
     """In a sweep's block (`closes_pipelined`), `finish` returns once the close is sent; the
     next run's tracker confirms it before it takes the writer, and leaving the block confirms
-    the last: every run FINISHED with all its values, one writer for all of them."""
+    the last: every run FINISHED with all its values, one writer for all of them, also when
+    each job starts its writer ahead of the run as the command line's jobs do (entry=job:
+    the writer still closing the last run is the one the next run gets, none is forked)."""
+    from suite.launch import execute_job
+
+    run = {"runner": lambda cfg: execute(cfg, launch_dir=tmp_path),
+           "job": lambda cfg: execute_job(cfg, launch_dir=tmp_path,
+                                          output_dir=tmp_path / "jobs")}[entry]
     with writer_module.closes_pipelined():
         for i in range(3):
             cfg = make_cfg("tracking=mlflow", "steps=30", f"seed={i}", *FAST)
-            assert execute(cfg, launch_dir=tmp_path).status == "FINISHED"
+            assert run(cfg).status == "FINISHED"
             assert [t for t, _, _ in writer_module._closing] == [trackers[i]]  # sent only
             assert trackers[i].finish_wait_s is None
             if i:
