@@ -43,22 +43,24 @@ def curves(history: list[tuple[str, float, int]]) -> Curves:
             cells[key, step] = value  # the last value that is a number wins
     present = {(k, s): v for (k, s), v in cells.items() if not math.isnan(v)}
     steps = sorted({s for _, s in present})
-    keys = sorted({k for k, _ in present})
-    return Curves(steps, {k: [present.get((k, s), math.nan) for s in steps] for k in keys})
+    row = {s: i for i, s in enumerate(steps)}
+    # filled cell by cell, not looked up per (key, step): most cells of a run's table are
+    # empty (train/lr at every step, the other metrics every eval_every)
+    columns = {k: [math.nan] * len(steps) for k in sorted({k for k, _ in present})}
+    for (k, s), v in present.items():
+        columns[k][row[s]] = v
+    return Curves(steps, columns)
 
 
 def write_curves(table: Curves, out_dir: Path) -> Path:
     path = out_dir / "curves.csv"
+    # each column's cells as text (v != v: NaN, an empty cell), then the rows in one call
+    cells = [["" if v != v else repr(v) for v in col] for col in table.columns.values()]
     with path.open("w", newline="") as f:
         out = csv.writer(f, lineterminator="\n")
         out.writerow(["step", *table.columns])
-        for i, step in enumerate(table.steps):
-            out.writerow([step, *(_cell(col[i]) for col in table.columns.values())])
+        out.writerows(zip(table.steps, *cells))
     return path
-
-
-def _cell(value: float) -> str:
-    return "" if math.isnan(value) else repr(value)
 
 
 def plot_convergence(table: Curves, out_dir: Path, title: str) -> Path | None:
