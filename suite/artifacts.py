@@ -59,7 +59,7 @@ def write_curves(table: Curves, out_dir: Path) -> Path:
     with path.open("w", newline="") as f:
         out = csv.writer(f, lineterminator="\n")
         out.writerow(["step", *table.columns])
-        out.writerows(zip(table.steps, *cells))
+        out.writerows(zip(table.steps, *cells, strict=True))
     return path
 
 

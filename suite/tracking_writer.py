@@ -12,9 +12,11 @@ cannot be made cheaper through MLflow's public API, so it is moved off the train
 - started with fork (POSIX, Linux): the child inherits the modules already imported (torch,
   this suite, and MLflow and SQLAlchemy once a run or a sweep callback has used them) and is
   ready in milliseconds; a spawned child would spend ~1.8 s importing MLflow again. Where
-  MLflow is not imported yet (a fresh `commsgd-run`), the child imports it while training
-  goes on, and the training process never imports it at all; it then waits for it only if it
-  asks for the run's id (or finishes) before the ~1.5 s import is over. It is a plain
+  MLflow is not imported yet (a fresh `commsgd-run`), the job forks the writer before the
+  runner imports torch (`prestart`): the child imports MLflow and opens the store while the
+  training process imports torch and builds the task, and the training process never imports
+  MLflow at all; it waits for the writer only if it asks for the run's id (or finishes)
+  before that is over. It is a plain
   `os.fork()` (what multiprocessing's "fork" start method does), not a
   `multiprocessing.Process`: the distributed launcher's ranks are daemonic processes, to which
   multiprocessing refuses children, and multiprocessing's exit handler would join or terminate
