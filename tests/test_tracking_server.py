@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
+import suite.runner
 from suite.runner import execute
 from suite.tracking import TrackingDeliveryError, TrackingUnavailable
 from tests.conftest import make_cfg, run_cli
@@ -91,11 +92,22 @@ def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path):
     assert time.time() - start < 20
 
 
-def test_server_lost_mid_run_keeps_every_metric(server, tmp_path):
+def test_server_lost_mid_run_keeps_every_metric(server, tmp_path, monkeypatch):
     """Stop the server while a run logs to it: the run finishes its steps, keeps what it cannot
     deliver, saves it to a fallback file, and replaying that file into the store gives
-    complete histories."""
+    complete histories. The run waits halfway until the server is stopped: a short run on a
+    fast machine (or a slow poll on a busy one) would otherwise be over, every value
+    delivered, before the server goes."""
     steps = 1000
+    server_stopped = threading.Event()
+    real_step = suite.runner._step
+
+    def step(algo, state, t, lr):
+        if t == steps // 2:
+            server_stopped.wait(timeout=150)
+        return real_step(algo, state, t, lr)
+
+    monkeypatch.setattr(suite.runner, "_step", step)
     cfg = make_cfg("tracking=mlflow", f"tracking.uri={server['uri']}",
                    "tracking.experiment=dropped", "tracking.flush_every=100",
                    "tracking.delivery_timeout_s=2", f"steps={steps}", "eval_every=10",
@@ -119,8 +131,11 @@ def test_server_lost_mid_run_keeps_every_metric(server, tmp_path):
         if runs and client.get_metric_history(runs[0].info.run_id, "train/lr"):
             run_id = runs[0].info.run_id
         time.sleep(0.2)
-    assert run_id is not None, "the run never delivered its first batch"
+    if run_id is None:
+        server_stopped.set()  # let the run end before the test fails
+    assert run_id is not None, ("the run never delivered its first batch", outcome)
     server["stop"]()
+    server_stopped.set()
     worker.join(timeout=300)
     assert isinstance(outcome.get("error"), TrackingDeliveryError), outcome
     message = str(outcome["error"])
