@@ -791,17 +791,28 @@ def _writer_main(inbox_fd: int, reply_fd: int, parent_pid: int,
 
     inbox: queue.SimpleQueue = queue.SimpleQueue()
 
+    opened = False  # whether any run was opened through this writer
+
     def read() -> None:  # drains the pipe while the main thread waits on the store
+        nonlocal opened
         while True:
             try:
                 msg = _read_message(inbox_fd)
             except (EOFError, OSError):
+                if not opened:
+                    # no run to close: the training process is done before its first run
+                    # (a config refused after `prestart`). Exit now, not once the main
+                    # thread is through its preload (seconds), so that nothing waiting for
+                    # this process's ends of the training process's stdout waits for it.
+                    _forget_stacks(os.getpid())
+                    os._exit(0)
                 inbox.put(_EOF)
                 return
             except Exception as exc:  # noqa: BLE001 - a garbled message: stop like at EOF
                 log.error("tracking writer: unreadable message (%s)", exc)
                 inbox.put(_EOF)
                 return
+            opened = opened or msg[0] == "open"
             inbox.put(msg)
 
     threading.Thread(target=read, name="commsgd-tracking-reader", daemon=True).start()

@@ -646,3 +646,19 @@ def test_what_a_run_sends_its_writer_needs_no_library_to_read(tmp_path, monkeypa
         modules |= reader.modules
     assert {"open", "metrics", "artifact", "finish"} <= kinds
     assert modules <= set(sys.stdlib_module_names), modules - set(sys.stdlib_module_names)
+
+
+@needs_fork
+def test_a_writer_started_ahead_of_a_run_that_never_opens_exits_with_its_process(
+        tmp_path, monkeypatch):
+    """A job refused after its writer was started (a bad value found while the run is set
+    up) leaves a writer that never served a run: when the training process's ends of the
+    pipes close, it exits at once, even in the middle of its preload (which here would take
+    a minute), rather than keeping the process's stdout open for that long."""
+    writer_module._take_writer().close()
+    monkeypatch.setattr(writer_module, "_preload", lambda uri: time.sleep(60))
+    writer_module.prestart(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    pid = writer_module._idle.pid
+    time.sleep(0.5)  # the writer is in its preload now
+    writer_module._take_writer().close()  # what the training process's exit does to the pipes
+    wait_for(lambda: gone(pid), 10, "the writer outlived its training process's pipes")
