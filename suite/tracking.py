@@ -126,18 +126,27 @@ def print_links(uri: str, local_ui: str = LOCAL_UI) -> int:
     return len(experiments)
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+def check_reachable(uri: str, timeout_s: float = 5.0, attempts: int = 3) -> None:
     """Fail fast when an MLflow server does not answer: MLflow's own client would retry for
-    minutes before saying anything."""
+    minutes before saying anything. A refused connection fails at once; a server that is
+    there but slow to answer (busy with a sweep's other jobs) is asked up to `attempts` times
+    before it is called unreachable."""
     if not uri.startswith(("http://", "https://")):
         return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
-            if resp.status == 200:
-                return
-            problem = f"HTTP {resp.status}"
-    except (urllib.error.URLError, OSError) as exc:
-        problem = str(getattr(exc, "reason", exc))
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+                if resp.status == 200:
+                    return
+                problem = f"HTTP {resp.status}"
+                break
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            problem = str(reason)
+            if not isinstance(reason, TimeoutError) or attempt == attempts:
+                break
+            log.warning("tracking server %s did not answer within %.0f s (attempt %d of %d); "
+                        "asking again", uri, timeout_s, attempt, attempts)
     raise TrackingUnavailable(
         f"tracking.uri={uri} is unreachable ({problem}). Start a server with `make "
         f"mlflow-server` (see README), or log locally with tracking.uri=sqlite:///$PWD/mlruns.db"

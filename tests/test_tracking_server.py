@@ -157,3 +157,44 @@ def test_server_lost_mid_run_keeps_every_metric(server, tmp_path, monkeypatch):
     assert lr_steps == list(range(steps))
     loss_steps = sorted(m.step for m in store.get_metric_history(run_id, "train/loss"))
     assert loss_steps == list(range(0, steps + 1, 10))
+
+
+def test_a_slow_server_is_asked_again_and_a_silent_one_is_unreachable(caplog):
+    """check_reachable: a server that does not answer its first /health within the timeout
+    (busy) is asked again and passes when it answers; one that never answers is unreachable
+    after `attempts` tries, the message saying it timed out."""
+    from suite.tracking import check_reachable
+
+    def serve(listener, silent_first: int, stop: threading.Event):
+        held = []
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if len(held) < silent_first:
+                held.append(conn)  # accepted, never answered
+                continue
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK")
+            conn.close()
+
+    for silent_first, reachable in ((1, True), (10, False)):
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(10)
+        stop = threading.Event()
+        thread = threading.Thread(target=serve, args=(listener, silent_first, stop), daemon=True)
+        thread.start()
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        caplog.clear()
+        try:
+            if reachable:
+                check_reachable(uri, timeout_s=0.5, attempts=3)
+            else:
+                with pytest.raises(TrackingUnavailable, match="unreachable.*timed out"):
+                    check_reachable(uri, timeout_s=0.5, attempts=3)
+        finally:
+            stop.set()
+            listener.close()
+        asked_again = [r for r in caplog.records if "asking again" in r.getMessage()]
+        assert len(asked_again) == (1 if reachable else 2)
