@@ -3,6 +3,7 @@ unreachable, and no metric lost when it goes away mid-run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -28,10 +30,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def mlflow_server(root: Path):
     """`mlflow server` on 127.0.0.1 with an SQLite backend store and an artifact root."""
-    root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     db = root / "server.db"
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
@@ -63,8 +64,28 @@ def server(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
 
-    yield {"uri": uri, "db": db, "stop": stop}
-    stop()
+    def state() -> str:  # for a failing test's message
+        log = (root / "server.log").read_text()[-1500:]
+        return f"server exit status {proc.poll()}; its log ends: {log}"
+
+    try:
+        yield {"uri": uri, "db": db, "stop": stop, "state": state}
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as running:
+        yield running
+
+
+@pytest.fixture
+def own_server(tmp_path_factory):
+    """A server for one test (one that stops it), started fresh: what earlier tests did to
+    the module's server is not this test's subject."""
+    with mlflow_server(tmp_path_factory.mktemp("own-mlflow-server")) as running:
+        yield running
 
 
 def test_parallel_sweep_against_the_server(server, tmp_path):
@@ -92,7 +113,7 @@ def test_unreachable_server_fails_fast_with_a_clear_message(tmp_path):
     assert time.time() - start < 20
 
 
-def test_server_lost_mid_run_keeps_every_metric(server, tmp_path, monkeypatch):
+def test_server_lost_mid_run_keeps_every_metric(own_server, tmp_path, monkeypatch):
     """Stop the server while a run logs to it: the run finishes its steps, keeps what it cannot
     deliver, saves it to a fallback file, and replaying that file into the store gives
     complete histories. The run waits halfway until the server is stopped: a short run on a
@@ -108,7 +129,7 @@ def test_server_lost_mid_run_keeps_every_metric(server, tmp_path, monkeypatch):
         return real_step(algo, state, t, lr)
 
     monkeypatch.setattr(suite.runner, "_step", step)
-    cfg = make_cfg("tracking=mlflow", f"tracking.uri={server['uri']}",
+    cfg = make_cfg("tracking=mlflow", f"tracking.uri={own_server['uri']}",
                    "tracking.experiment=dropped", "tracking.flush_every=100",
                    "tracking.delivery_timeout_s=2", f"steps={steps}", "eval_every=10",
                    "batch_size=2", "workers=2", "task.l2=0.01")
@@ -122,7 +143,7 @@ def test_server_lost_mid_run_keeps_every_metric(server, tmp_path, monkeypatch):
 
     worker = threading.Thread(target=job)
     worker.start()
-    client = MlflowClient(tracking_uri=server["uri"])
+    client = MlflowClient(tracking_uri=own_server["uri"])
     deadline = time.time() + 120
     run_id = None
     while time.time() < deadline and run_id is None:
@@ -133,8 +154,9 @@ def test_server_lost_mid_run_keeps_every_metric(server, tmp_path, monkeypatch):
         time.sleep(0.2)
     if run_id is None:
         server_stopped.set()  # let the run end before the test fails
-    assert run_id is not None, ("the run never delivered its first batch", outcome)
-    server["stop"]()
+    assert run_id is not None, ("the run never delivered its first batch", outcome,
+                                own_server["state"]())
+    own_server["stop"]()
     server_stopped.set()
     worker.join(timeout=300)
     assert isinstance(outcome.get("error"), TrackingDeliveryError), outcome
@@ -148,9 +170,9 @@ def test_server_lost_mid_run_keeps_every_metric(server, tmp_path, monkeypatch):
     # the server's store is a plain SQLite file: replay the fallback straight into it
     replayed = subprocess.run(
         [sys.executable, "-m", "suite.tracking", "replay", str(fallback), "--tracking-uri",
-         f"sqlite:///{server['db']}"], capture_output=True, text=True, timeout=120)
+         f"sqlite:///{own_server['db']}"], capture_output=True, text=True, timeout=120)
     assert replayed.returncode == 0, replayed.stderr
-    store = MlflowClient(tracking_uri=f"sqlite:///{server['db']}")
+    store = MlflowClient(tracking_uri=f"sqlite:///{own_server['db']}")
     run = store.get_run(run_id)
     assert run.info.status == "FINISHED"
     lr_steps = sorted(m.step for m in store.get_metric_history(run_id, "train/lr"))
