@@ -21,13 +21,13 @@ class PrepareTrackingStore(Callback):
         from suite.stores import client as store_client
         from suite.sweep_guard import close_stale_runs
         from suite.tracking import (
-            default_uri,
             get_or_create_experiment,
             local_artifact_root,
             retry,
+            tracking_uri,
         )
 
-        uri = config.tracking.uri or default_uri(Path.cwd())
+        uri = tracking_uri(config, Path.cwd())
         client = store_client(uri)
         name = config.tracking.experiment or config.task.name
         experiment_id = get_or_create_experiment(client, name, local_artifact_root(uri))

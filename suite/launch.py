@@ -121,10 +121,10 @@ def _start_tracking_writer(cfg: DictConfig, launch_dir: Path) -> None:
     tracking = cfg.get("tracking") or {}
     if tracking.get("name") != "mlflow" or tracking.get("writer", "process") != "process":
         return
-    from suite.tracking import default_uri
+    from suite.tracking import tracking_uri
     from suite.tracking_writer import prestart
 
-    prestart(tracking.get("uri") or default_uri(launch_dir))
+    prestart(tracking_uri(cfg, launch_dir))
 
 
 def _check_link(cfg: DictConfig) -> None:

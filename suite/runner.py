@@ -42,7 +42,7 @@ from suite.rng import SharedStream, WorkerStreams
 from suite.schedules import make_schedule
 from suite.signals import Terminated, stop_signals
 from suite.timing import Stopwatch
-from suite.tracking import NullTracker, TrackingDeliveryError, default_uri, retry
+from suite.tracking import NullTracker, TrackingDeliveryError, retry, tracking_uri
 
 log = logging.getLogger("commsgd")
 
@@ -250,12 +250,6 @@ def _make_tracker(cfg: DictConfig, run: Run, launch_dir: Path, out_dir: Path,
         fallback_dir=out_dir, resume_run_id=resume_run_id,
         delivery_timeout_s=float(tracking.get("delivery_timeout_s", 30.0)),
     )
-
-
-def tracking_uri(cfg: DictConfig, launch_dir: Path) -> str | None:
-    if cfg.tracking.name != "mlflow":
-        return None
-    return cfg.tracking.uri or default_uri(launch_dir)
 
 
 def _previous(cfg: DictConfig, uri: str, digest: str) -> sweep_guard.Previous:

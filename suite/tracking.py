@@ -196,11 +196,22 @@ def retry(fn, what: str, *, attempts: int = 6, first_delay: float = 0.2):
             delay *= 2
 
 
-def open_client(uri: str):
+def tracking_uri(cfg, launch_dir: Path) -> str | None:
+    """The store a job's config names: tracking.uri, or the default store beside the launch
+    directory (default_uri); None for tracking=none. Read without torch: the job's launcher
+    asks it before the runner is imported (suite.launch)."""
+    tracking = cfg.get("tracking") or {}
+    if tracking.get("name") != "mlflow":
+        return None
+    return tracking.get("uri") or default_uri(Path(launch_dir))
+
+
+def open_client(uri: str, *, attempts: int = OPEN_ATTEMPTS):
     """An MlflowClient on a ready store. Creating the client opens the store (MLflow reads its
     schema then), so it is retried like every store call: a store locked by another writer is
     waited for (OPEN_ATTEMPTS), not a traceback. A new local SQLite store's schema is created
-    first, once, under a lock (suite.stores.prepare)."""
+    first, once, under a lock (suite.stores.prepare). attempts=1: one try, silent, that raises
+    what failed (the tracking writer's preload, which the run's own open repeats)."""
     from mlflow.tracking import MlflowClient
 
     from suite.stores import prepare
@@ -209,7 +220,7 @@ def open_client(uri: str):
         prepare(uri)
         return MlflowClient(tracking_uri=uri)
 
-    return retry(open_store, "open the tracking store", attempts=OPEN_ATTEMPTS)
+    return retry(open_store, "open the tracking store", attempts=attempts)
 
 
 def get_or_create_experiment(client, name: str, artifact_root: Path | None) -> str:

@@ -643,18 +643,13 @@ def prestart(uri: str | None) -> None:
     waiting for the next run, or still closing the last (a sweep's pipelined close), which
     the run takes once the close is confirmed.
     """
-    global _idle
     if not fork_available() or _closing:
         return
     with _idle_lock:
         if _idle is not None:
             return
-    writer = _Writer(preload=uri)  # frozen objects stay frozen until its first run ends
-    with _idle_lock:
-        if _idle is None:
-            _idle = writer
-            return
-    writer.close()
+    # frozen objects stay frozen until its first run ends: no thaw here
+    _give_back(_Writer(preload=uri), thaw=False)
 
 
 def _take_writer() -> _Writer:
@@ -670,9 +665,11 @@ def _take_writer() -> _Writer:
     return _Writer()
 
 
-def _give_back(writer: _Writer) -> None:
+def _give_back(writer: _Writer, *, thaw: bool = True) -> None:
+    """`writer` becomes this process's idle writer, for its next run; closed if there is one."""
     global _idle
-    writer.thaw()
+    if thaw:
+        writer.thaw()
     with _idle_lock:
         if _idle is None:
             _idle = writer
@@ -849,14 +846,14 @@ def _preload(uri: str) -> None:
     its messages. A server is not contacted before the run asks for it, and a relative path is
     left to the run, which says in which directory it works."""
     try:
-        from mlflow.tracking import MlflowClient
+        import mlflow.tracking  # noqa: F401 - the import is the work
 
-        from suite.stores import prepare, sqlite_path
+        from suite.stores import sqlite_path
+        from suite.tracking import open_client
 
         path = sqlite_path(uri)
         if path is not None and path.is_absolute():
-            prepare(uri)
-            MlflowClient(tracking_uri=uri)
+            open_client(uri, attempts=1)
     except Exception as exc:  # noqa: BLE001 - the run's own open says what is wrong
         log.debug("tracking writer: opening %s ahead of the run failed (%s)", uri, exc)
 
