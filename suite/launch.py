@@ -118,13 +118,14 @@ def _start_tracking_writer(cfg: DictConfig, launch_dir: Path) -> None:
     its writer first, so that MLflow's import and the store's opening there overlap with this
     process importing torch and building the task (suite.tracking_writer.prestart). A bad
     tracking config is left to the runner, which says what is wrong."""
-    tracking = cfg.get("tracking") or {}
-    if tracking.get("name") != "mlflow" or tracking.get("writer", "process") != "process":
-        return
     from suite.tracking import tracking_uri
+
+    uri = tracking_uri(cfg, launch_dir)  # None: not tracked by MLflow
+    if uri is None or (cfg.get("tracking") or {}).get("writer", "process") != "process":
+        return
     from suite.tracking_writer import prestart
 
-    prestart(tracking_uri(cfg, launch_dir))
+    prestart(uri)
 
 
 def _check_link(cfg: DictConfig) -> None:
