@@ -170,6 +170,33 @@ def test_breast_cancer_read_from_its_file_is_scikit_learns_to_the_bit():
     assert int(target.sum()) == 357
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_evaluation_is_the_textbook_formulas_to_the_bit(dtype):
+    """Each evaluated value has the bits of the formulas written out here with nothing kept
+    between calls (−b, Aᵀ and logaddexp's zeros are made once per task since round 6 of
+    docs/performance.md): at points from 0.01 to 100 times a unit Gaussian, where the
+    margins go from the logistic's linear part to where log(1 + e^z) is z."""
+    task = LogisticRegression(dataset="breast_cancer", workers=1, split="iid", l2=0.1,
+                              dtype=dtype)
+    A, b, At, bt = task.A_train, task.b_train, task.A_test, task.b_test
+    for seed, scale in enumerate([0.01, 1.0, 10.0, 100.0]):
+        x = scale * torch.randn(task.dim, dtype=task.dtype,
+                                generator=torch.Generator().manual_seed(seed))
+        z = -b * (A @ x)
+        loss = float(torch.logaddexp(torch.zeros_like(z), z).mean() + 0.5 * 0.1 * x.dot(x))
+        g = A.T @ (-b * torch.sigmoid(z)) / A.shape[0] + 0.1 * x
+        zt = -bt * (At @ x)
+        assert task.evaluate(x) == {
+            "train/loss": loss,
+            "train/suboptimality": loss - task.constants["f_star"],
+            "train/grad_norm_sq": float(g.dot(g)),
+            "test/loss": float(torch.logaddexp(torch.zeros_like(zt), zt).mean()),
+            "test/accuracy": float(((bt * (At @ x)) > 0).to(task.dtype).mean()),
+        }
+        assert float(task.loss(x)) == loss
+        assert torch.equal(task.full_grad(x), g)
+
+
 def test_evaluation_is_the_loss_gradient_and_test_metrics_to_the_bit(cancer):
     """evaluate() shares one A·x per data set between the metrics; each value is the bit
     pattern of the task's loss, full gradient and test metrics computed on their own, and

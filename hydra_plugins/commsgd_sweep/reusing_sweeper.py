@@ -1,6 +1,7 @@
 """`hydra/sweeper=commsgd` (the default): Hydra's basic sweeper, composing each job's config
-once instead of twice (suite/sweep_compose.py says how), and printing one summary when the
-sweep ends (suite/sweep_summary.py). Here because Hydra instantiates sweepers from its
+once instead of twice (suite/sweep_compose.py says how), running each job of the basic
+launcher with fewer copies of its config (suite/sweep_jobs.py), and printing one summary when
+the sweep ends (suite/sweep_summary.py). Here because Hydra instantiates sweepers from its
 `hydra_plugins` package only."""
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from hydra.core.utils import JobStatus
 
 
 def _closes_pipelined(launch):
-    """The launcher's `launch`, inside suite.tracking_writer.closes_pipelined: every run of the
-    batch is closed and confirmed when it returns."""
+    """The launcher's `launch`, inside suite.tracking_writer.closes_pipelined (every run of the
+    batch is closed and confirmed when it returns), each job run by suite.sweep_jobs.run_job
+    (Hydra's run_job with fewer copies of the config)."""
 
     def launch_with_closes_pipelined(job_overrides, initial_job_idx):
+        from suite.sweep_jobs import hydra_jobs_lighter
         from suite.tracking_writer import closes_pipelined
 
-        with closes_pipelined():
+        with closes_pipelined(), hydra_jobs_lighter():
             return launch(job_overrides, initial_job_idx)
 
     return launch_with_closes_pipelined

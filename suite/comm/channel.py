@@ -248,11 +248,13 @@ class Channel:
         c = self.counters()
         stacked = torch.stack([c["bits_up"], c["entropy_bits_up"], c["bits_down"],
                                c["bytes_up"]], 1)
-        summed = self.backend.sum(stacked.double())
-        up, alt_up, down, bytes_up = (summed / K).tolist()
+        # one transfer of the four sums; the division by K is Python's, correctly rounded as
+        # a float64 tensor's on the CPU, and the same on every device
+        summed = self.backend.sum(stacked.double()).tolist()
+        up, alt_up, down, bytes_up = (total / K for total in summed)
         out = {
             "comm/bits_up": up,
-            "comm/bits_up_total": float(summed[0]),
+            "comm/bits_up_total": summed[0],
             "comm/bits_up_alt_code": alt_up,
             "comm/bits_down": down,
             "comm/rounds": float(self.rounds),
