@@ -122,13 +122,34 @@ class LogisticRegression:
         as_t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
         self.A_train, self.b_train = as_t(data.A_train), as_t(data.b_train)
         self.A_test, self.b_test = as_t(data.A_test), as_t(data.b_test)
-        # what each evaluation would otherwise build again (~3 µs a tensor op): −b (negation
-        # is exact), Aᵀ as the same view, and logaddexp's zeros
-        self._neg_b_train, self._neg_b_test = -self.b_train, -self.b_test
-        self._A_train_T = self.A_train.T
-        self._zeros_train = torch.zeros_like(self.b_train)
-        self._zeros_test = torch.zeros_like(self.b_test)
         self._pack_shards(data, shards)
+
+    # The data sets, and what each evaluation would otherwise build again from them (~3 µs a
+    # tensor op): −b (negation is exact), Aᵀ as the same view, logaddexp's zeros. Set with
+    # the data, so that whoever replaces a data set replaces them too.
+    @property
+    def A_train(self) -> torch.Tensor:
+        return self._A_train
+
+    @A_train.setter
+    def A_train(self, A: torch.Tensor) -> None:
+        self._A_train, self._A_train_T = A, A.T
+
+    @property
+    def b_train(self) -> torch.Tensor:
+        return self._b_train
+
+    @b_train.setter
+    def b_train(self, b: torch.Tensor) -> None:
+        self._b_train, self._neg_b_train, self._zeros_train = b, -b, torch.zeros_like(b)
+
+    @property
+    def b_test(self) -> torch.Tensor:
+        return self._b_test
+
+    @b_test.setter
+    def b_test(self, b: torch.Tensor) -> None:
+        self._b_test, self._neg_b_test, self._zeros_test = b, -b, torch.zeros_like(b)
 
     def _pack_shards(self, data, shards):
         held = [shards[k] for k in self.worker_ids]

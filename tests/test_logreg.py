@@ -195,6 +195,11 @@ def test_evaluation_is_the_textbook_formulas_to_the_bit(dtype):
         }
         assert float(task.loss(x)) == loss
         assert torch.equal(task.full_grad(x), g)
+    # what is kept per task follows the data sets when they are replaced (tests do it)
+    task.A_train, task.b_train = At, bt
+    z = -bt * (At @ x)
+    assert float(task.loss(x)) == float(torch.logaddexp(torch.zeros_like(z), z).mean()
+                                        + 0.5 * 0.1 * x.dot(x))
 
 
 def test_evaluation_is_the_loss_gradient_and_test_metrics_to_the_bit(cancer):
