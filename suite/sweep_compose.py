@@ -51,11 +51,25 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 class FilesReadOnce(CachingConfigRepository):
     """Hydra's repository for one composition (it caches what it loads for that composition),
     in front of a cache shared by the sweep's compositions: a file is read and parsed once, and
-    each composition's first load of it is a deep copy of that parse."""
+    each composition's first load of it is a deep copy of that parse.
+
+    Hydra's repository deep-copies the loader's repository when it is made (~5 ms, the config
+    store's nodes included), so that `initialize_sources`, called when a primary config or an
+    override sets hydra.searchpath, cannot change the loader's. Here the copy is made when
+    `initialize_sources` is called: until then the loader's repository is only read."""
 
     def __init__(self, delegate, parsed: dict):
-        super().__init__(delegate)
+        # not CachingConfigRepository.__init__: its copy of the delegate is made on write
+        self.delegate = delegate
+        self.cache = {}
         self.parsed = parsed
+        self._own_delegate = False
+
+    def initialize_sources(self, config_search_path) -> None:
+        if not self._own_delegate:
+            self.delegate = copy.deepcopy(self.delegate)
+            self._own_delegate = True
+        super().initialize_sources(config_search_path)
 
     def load_config(self, config_path: str):
         if config_path not in self.cache:

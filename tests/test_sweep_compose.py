@@ -142,3 +142,23 @@ def test_a_preset_with_method_files_is_composed_as_hydra_does():
 def test_the_default_sweeper_composes_once():
     cfg = master(loader())
     assert cfg.hydra.sweeper._target_.endswith("reusing_sweeper.ReusingBasicSweeper")
+
+
+def test_a_searchpath_override_reaches_the_job_not_the_loader(tmp_path):
+    """hydra.searchpath on the command line re-initialises a composition's repository: its
+    config groups are found as Hydra finds them, and the loader's own repository (read, not
+    copied, by every other composition) keeps its sources."""
+    extra = tmp_path / "extra" / "compressor"
+    extra.mkdir(parents=True)
+    (extra / "topk_from_elsewhere.yaml").write_text(
+        "defaults:\n  - topk\n  - _self_\nratio: 0.25\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'extra'}]"
+    ld = loader()
+    sources = [(s.provider, s.path) for s in ld.repository.get_sources()]
+    batch = [[searchpath, "compressor=topk_from_elsewhere", f"seed={s}"] for s in (0, 1)]
+    check_sweep([], batch + [["compressor=topk", "seed=0"]])
+    once = ComposedOnce(ld)
+    once.validate(master(ld), batch)
+    got = once.kept[next(iter(once.kept))]
+    assert got.compressor.ratio == 0.25
+    assert [(s.provider, s.path) for s in ld.repository.get_sources()] == sources
